@@ -1,0 +1,51 @@
+# Sentinel developer commands. Only python3 (>= 3.9) and make are needed:
+# everything else is installed into .venv, and PostgreSQL is started on demand.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: help venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean
+
+help:
+	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
+	@echo "make test        pytest and the pgTAP suite against a throwaway PostgreSQL"
+	@echo "make check       ruff and mypy"
+	@echo "make pgtap-deps  install pgTAP and pg_prove (Debian, as root)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) tests/pgserver.py test
+
+pytest: venv
+	$(PY) tests/pgserver.py pytest
+
+pgtap: venv
+	$(PY) tests/pgserver.py pgtap
+
+demo: venv
+	$(PY) examples/demo.py
+
+lint: venv
+	$(PY) -m ruff check python tests examples
+
+typecheck: venv
+	$(PY) -m mypy
+
+check: lint typecheck
+
+pgtap-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
+
+wheel: venv
+	$(PY) -m pip wheel --quiet --no-deps -w dist .
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache

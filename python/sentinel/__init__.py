@@ -1,0 +1,70 @@
+"""Sentinel: run work that is not safe to retry at most once per key, coordinated by PostgreSQL.
+
+The protocol lives in the database as versioned SQL functions
+(``sentinel.acquire_v1``, ``sentinel.complete_v1``, ...); this package installs
+them (:func:`init_db`), calls them, runs your function and keeps its lease
+alive::
+
+    from sentinel import Sentinel, init_db
+
+    sentinel = Sentinel(conninfo="postgresql://...", namespace="payments")
+    result = sentinel.once("payment-order-789", charge, kwargs={"amount": 9900})
+"""
+
+from __future__ import annotations
+
+from ._client import ExecutionContext, LeaseLost, Result, Sentinel, current_execution
+from ._schema import init_db, migrations, required_version, sql_dir
+from .errors import (
+    DatabaseUnavailable,
+    ExecutionNotFound,
+    FencedOut,
+    InvalidArgument,
+    InvalidFence,
+    InvalidKey,
+    InvalidNamespace,
+    InvalidOption,
+    InvalidResponse,
+    InvalidText,
+    InvalidTTL,
+    KeyMismatch,
+    NotBegun,
+    ReconcileRefused,
+    ResultNotSerializable,
+    SchemaError,
+    SentinelError,
+    TransactionInProgress,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sentinel",
+    "Result",
+    "ExecutionContext",
+    "LeaseLost",
+    "current_execution",
+    "init_db",
+    "migrations",
+    "required_version",
+    "sql_dir",
+    "SentinelError",
+    "InvalidArgument",
+    "InvalidKey",
+    "InvalidNamespace",
+    "InvalidTTL",
+    "InvalidText",
+    "InvalidFence",
+    "InvalidOption",
+    "InvalidResponse",
+    "ExecutionNotFound",
+    "ReconcileRefused",
+    "NotBegun",
+    "DatabaseUnavailable",
+    "SchemaError",
+    "TransactionInProgress",
+    "KeyMismatch",
+    "ResultNotSerializable",
+    "FencedOut",
+    "__version__",
+]

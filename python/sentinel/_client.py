@@ -1,0 +1,531 @@
+"""The ``Sentinel`` client: ``once()`` and the operator calls."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import psycopg
+
+from ._conn import GetConn, GetConnSource, PoolSource, Source, conninfo_source, wrap_exceptions
+from ._heartbeat import Heartbeater, Lease
+from .errors import (
+    DatabaseUnavailable,
+    FencedOut,
+    InvalidKey,
+    InvalidNamespace,
+    InvalidTTL,
+    KeyMismatch,
+    ResultNotSerializable,
+    SentinelError,
+)
+
+logger = logging.getLogger("sentinel")
+
+__all__ = ["Sentinel", "Result", "ExecutionContext", "LeaseLost", "current_execution"]
+
+MAX_KEY_BYTES = 1024
+MAX_TTL_MS = 2_592_000_000  # 30 days
+NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
+
+_ACQUIRE_SQL = (
+    "select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at,"
+    " hard_expires_at, now from sentinel.acquire_v1(%s, %s, %s, %s, %s, true, %s)"
+)
+_COMPLETE_SQL = "select outcome, state from sentinel.complete_v1(%s, %s, %s, %s::jsonb)"
+_FAIL_SQL = "select outcome, state from sentinel.fail_v1(%s, %s, %s, %s::jsonb, %s)"
+_ABANDON_SQL = "select outcome, state from sentinel.abandon_v1(%s, %s, %s, %s)"
+
+_current: "contextvars.ContextVar[Optional[ExecutionContext]]" = contextvars.ContextVar(
+    "sentinel_execution", default=None
+)
+
+
+class LeaseLost(SentinelError):
+    """Raised by :meth:`ExecutionContext.check` once the execution's lease is lost."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What ``once()`` learned about a key.
+
+    Exactly one of these holds: ``execution_alive`` (another worker is running
+    it now), ``uncertain`` (an execution started and its outcome is unknown:
+    reconcile it), ``state == "failed"`` (a permanent error is replayed in
+    ``error``), or the key completed and ``response`` holds the recorded
+    response, fresh (``replayed`` False) or replayed.
+    """
+
+    namespace: str
+    key: str
+    state: str
+    response: Any = None
+    replayed: bool = False
+    execution_alive: bool = False
+    uncertain: bool = False
+    fence: Optional[int] = None
+    attempt: Optional[int] = None
+    error: Any = None
+    #: False when the function ran but its response could not be recorded
+    #: before the hard deadline (the database was unreachable).
+    persisted: bool = True
+    hard_expires_at: Optional[datetime] = None
+
+    @property
+    def failed(self) -> bool:
+        """True when a permanent failure was replayed (``error`` holds it)."""
+        return self.state == "failed"
+
+    @property
+    def completed(self) -> bool:
+        """True when ``response`` holds the key's response (fresh or replayed)."""
+        return self.state == "completed"
+
+
+class ExecutionContext:
+    """What a running function may know about its own execution.
+
+    Passed as the first argument when ``once(..., pass_context=True)``, and
+    always available inside the function as :func:`current_execution`. Write
+    ``fence`` to downstream systems that can reject stale writers; poll
+    ``lease_lost`` (or call :meth:`check`) in long loops to stop cooperatively
+    once the database no longer considers this execution alive.
+    """
+
+    __slots__ = ("namespace", "key", "fence", "attempt", "claimed_at", "hard_expires_at", "_lease")
+
+    def __init__(
+        self,
+        namespace: str,
+        key: str,
+        fence: int,
+        attempt: int,
+        claimed_at: datetime,
+        hard_expires_at: datetime,
+        lease: Lease,
+    ) -> None:
+        self.namespace = namespace
+        self.key = key
+        self.fence = fence
+        self.attempt = attempt
+        self.claimed_at = claimed_at
+        self.hard_expires_at = hard_expires_at
+        self._lease = lease
+
+    @property
+    def lease_lost(self) -> bool:
+        """True once a heartbeat found the execution no longer ours."""
+        return self._lease.lost.is_set()
+
+    @property
+    def lease_expires_at(self) -> Optional[datetime]:
+        """The lease's end as last renewed (database clock), or None before the first renewal."""
+        value: Optional[datetime] = self._lease.lease_expires_at
+        return value
+
+    def wait_lost(self, timeout: Optional[float] = None) -> bool:
+        """Block until the lease is lost or ``timeout`` seconds pass; True if lost."""
+        return self._lease.lost.wait(timeout)
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` if the lease is lost."""
+        if self._lease.lost.is_set():
+            raise LeaseLost(
+                f"{self.namespace}/{self.key}: lease lost under fence {self.fence} ({self._lease.lost_reason})"
+            )
+
+    def __repr__(self) -> str:
+        return f"ExecutionContext({self.namespace!r}, {self.key!r}, fence={self.fence}, lost={self.lease_lost})"
+
+
+def current_execution() -> Optional[ExecutionContext]:
+    """The :class:`ExecutionContext` of the function ``once()`` is running, or None."""
+    return _current.get()
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise InvalidKey(f"key must be a str, got {type(key).__name__}")
+    if not key:
+        raise InvalidKey("key must be a non-empty string")
+    if "\x00" in key:
+        raise InvalidKey("key must not contain NUL characters (\\x00)")
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        raise InvalidKey(f"key is {size} bytes long in UTF-8; the maximum is {MAX_KEY_BYTES}")
+    return key
+
+
+def _check_namespace(namespace: Any) -> str:
+    if not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace):
+        raise InvalidNamespace(
+            f"invalid namespace {namespace!r}: use 1 to 63 characters of a-z, 0-9, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return namespace
+
+
+def _check_ttl(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTTL(f"{name} must be an int number of milliseconds, got {value!r}")
+    if value <= 0 or value > MAX_TTL_MS:
+        raise InvalidTTL(f"{name} must be between 1 and {MAX_TTL_MS} ms (30 days), got {value}")
+    return value
+
+
+def _error_document(exc: BaseException) -> str:
+    """The error stored for a failed execution, as JSON text."""
+    message = str(exc).replace("\x00", "\\0")[:4000]
+    kind = type(exc)
+    return json.dumps({"type": f"{kind.__module__}.{kind.__qualname__}", "message": message})
+
+
+def _default_dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+class Sentinel:
+    """Runs functions at most once per key, coordinated through PostgreSQL.
+
+    Give it one source of connections:
+
+    - ``conninfo``: a libpq connection string; Sentinel keeps a small private
+      pool (``psycopg_pool``) so calls do not pay for new connections.
+    - ``pool``: your ``psycopg_pool.ConnectionPool``.
+    - ``get_conn``: a callable returning a *new* ``psycopg.Connection`` for
+      each call; Sentinel closes it when the call ends.
+
+    ``default_ttl_ms`` is the lease used when ``once()`` names none;
+    ``namespace`` isolates this client's keys from other systems sharing the
+    database. ``dumps`` turns a function's return value into JSON text
+    (default: ``json.dumps`` without NaN). Call :meth:`close` (or use ``with``)
+    to stop the heartbeat thread and close a private pool.
+    """
+
+    def __init__(
+        self,
+        get_conn: Optional[GetConn] = None,
+        *,
+        pool: Any = None,
+        conninfo: Optional[str] = None,
+        default_ttl_ms: int = 3000,
+        default_hard_ttl_ms: Optional[int] = None,
+        namespace: str = "default",
+        dumps: Optional[Callable[[Any], str]] = None,
+    ) -> None:
+        given = [x is not None for x in (get_conn, pool, conninfo)]
+        if sum(given) != 1:
+            raise TypeError("Sentinel() needs exactly one of get_conn=, pool= or conninfo=")
+        self.namespace = _check_namespace(namespace)
+        self.default_ttl_ms = _check_ttl("default_ttl_ms", default_ttl_ms)
+        self.default_hard_ttl_ms = (
+            None if default_hard_ttl_ms is None else _check_ttl("default_hard_ttl_ms", default_hard_ttl_ms)
+        )
+        self._dumps = dumps or _default_dumps
+        source: Source
+        if get_conn is not None:
+            source = GetConnSource(get_conn)
+        elif pool is not None:
+            source = PoolSource(pool)
+        else:
+            assert conninfo is not None
+            source = conninfo_source(conninfo)
+        self._source = source
+        self._heartbeat = Heartbeater(source)
+        self._owner_pid = -1
+        self._owner = ""
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the heartbeat thread and close the private pool, if any."""
+        self._heartbeat.close()
+        self._source.close()
+
+    def __enter__(self) -> "Sentinel":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def owner(self) -> str:
+        """This process's owner tag, ``host:pid:random`` (for diagnostics only)."""
+        pid = os.getpid()
+        if pid != self._owner_pid:
+            with self._lock:
+                if pid != self._owner_pid:
+                    self._owner = f"{socket.gethostname()[:120]}:{pid}:{secrets.token_hex(4)}"
+                    self._owner_pid = pid
+        return self._owner
+
+    # -- once --------------------------------------------------------------
+
+    def _ttls(self, ttl_ms: Optional[int], hard_ttl_ms: Optional[int]) -> Tuple[int, int]:
+        ttl = _check_ttl("ttl_ms", self.default_ttl_ms if ttl_ms is None else ttl_ms)
+        if hard_ttl_ms is None:
+            hard = self.default_hard_ttl_ms if ttl_ms is None and self.default_hard_ttl_ms else ttl
+            hard = max(hard, ttl)
+        else:
+            hard = _check_ttl("hard_ttl_ms", hard_ttl_ms)
+        if hard < ttl:
+            raise InvalidTTL(f"hard_ttl_ms ({hard}) must be >= ttl_ms ({ttl})")
+        return ttl, hard
+
+    def once(
+        self,
+        key: str,
+        fn: Callable[..., Any],
+        args: Sequence[Any] = (),
+        kwargs: Optional[Mapping[str, Any]] = None,
+        *,
+        ttl_ms: Optional[int] = None,
+        hard_ttl_ms: Optional[int] = None,
+        fingerprint: Optional[str] = None,
+        pass_context: bool = False,
+    ) -> Result:
+        """Run ``fn(*args, **kwargs)`` at most once for ``key`` and return a :class:`Result`.
+
+        If the key already completed, its recorded response is replayed (one
+        round trip, nothing written). If another worker is running it, the
+        result says ``execution_alive``; if an execution started and its
+        outcome is unknown, ``uncertain``. Otherwise this call claims the key,
+        runs ``fn`` while a background heartbeat renews the lease every
+        ``ttl_ms / 3``, and records the return value (serialised to JSON) or
+        the exception. Exceptions from ``fn`` are recorded as failed (a later
+        call may retry) and re-raised unchanged; ``KeyboardInterrupt`` and
+        ``SystemExit`` mark the key uncertain at once and are re-raised.
+
+        ``ttl_ms`` is the lease (default ``default_ttl_ms``); ``hard_ttl_ms``
+        (default ``ttl_ms``) the ceiling from the claim that no heartbeat can
+        pass. ``fingerprint``, when given, is stored with the claim; a later
+        call with another fingerprint raises :class:`KeyMismatch`. With
+        ``pass_context`` the function is called as ``fn(ctx, *args, **kwargs)``.
+        """
+        key = _check_key(key)
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        ttl, hard = self._ttls(ttl_ms, hard_ttl_ms)
+        if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint or len(fingerprint) > 200):
+            from .errors import InvalidText
+
+            raise InvalidText("fingerprint must be a str of 1 to 200 characters")
+        kwargs = dict(kwargs) if kwargs is not None else {}
+        ns = self.namespace
+
+        with self._source.connection() as conn:
+            with wrap_exceptions():
+                row = conn.execute(_ACQUIRE_SQL, (ns, key, self.owner, ttl, hard, fingerprint)).fetchone()
+            assert row is not None
+            outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
+            if outcome != "acquired":
+                return self._observed(ns, key, outcome, fence, state, attempt, response, error, hard_at)
+            deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
+            return self._execute(
+                conn, ns, key, fence, attempt, ttl, claimed_at, hard_at, deadline, fn, args, kwargs, pass_context
+            )
+
+    def _observed(
+        self, ns: str, key: str, outcome: str, fence: int, state: str, attempt: int,
+        response: Any, error: Any, hard_at: Optional[datetime],
+    ) -> Result:
+        if outcome == "completed":
+            return Result(ns, key, state, response=response, replayed=True, fence=fence, attempt=attempt)
+        if outcome == "alive":
+            return Result(ns, key, state, execution_alive=True, fence=fence, attempt=attempt, hard_expires_at=hard_at)
+        if outcome == "uncertain":
+            return Result(ns, key, state, uncertain=True, fence=fence, attempt=attempt, hard_expires_at=hard_at)
+        if outcome == "failed":
+            return Result(ns, key, state, replayed=True, error=error, fence=fence, attempt=attempt)
+        if outcome == "mismatch":
+            raise KeyMismatch(
+                f"key {ns}/{key} was first used with another fingerprint: a key reused for different work",
+                namespace=ns, key=key,
+            )
+        raise SentinelError(f"unexpected acquire outcome {outcome!r}")  # pragma: no cover
+
+    def _execute(
+        self, conn: "psycopg.Connection[Any]", ns: str, key: str, fence: int, attempt: int, ttl: int,
+        claimed_at: datetime, hard_at: datetime, deadline: float,
+        fn: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], pass_context: bool,
+    ) -> Result:
+        lease = Lease(ns, key, fence, ttl)
+        ctx = ExecutionContext(ns, key, fence, attempt, claimed_at, hard_at, lease)
+        log_extra = {"sentinel_namespace": ns, "sentinel_key": key, "sentinel_fence": fence}
+        self._heartbeat.register(lease)
+        token = _current.set(ctx)
+        try:
+            value = fn(ctx, *args, **kwargs) if pass_context else fn(*args, **kwargs)
+        except Exception as exc:
+            self._heartbeat.unregister(lease)
+            rec = self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc), False), deadline, log_extra)
+            if rec is not None and rec[0] == "stale":
+                logger.warning("sentinel: %s/%s failed under a stale fence %s; the failure was not recorded",
+                               ns, key, fence, extra=log_extra)
+            raise
+        except BaseException as exc:
+            # KeyboardInterrupt, SystemExit, ...: the function may have had effects.
+            self._heartbeat.unregister(lease)
+            self._abandon(conn, ns, key, fence, f"interrupted by {type(exc).__name__}", log_extra, deadline=None)
+            raise
+        finally:
+            _current.reset(token)
+        self._heartbeat.unregister(lease)
+
+        try:
+            text = self._dumps(value)
+            if not isinstance(text, str):
+                raise TypeError(f"the serializer returned {type(text).__name__}, not str")
+            recorded_value = json.loads(text)
+        except Exception as exc:
+            recorded = self._abandon(
+                conn, ns, key, fence, f"result not serialisable: {type(exc).__name__}: {exc}"[:1000],
+                log_extra, deadline=deadline,
+            )
+            raise ResultNotSerializable(
+                f"{ns}/{key}: the function ran but its result ({type(value).__name__}) could not be "
+                f"serialised to JSON ({exc}); the key is marked uncertain and will not run again until reconciled",
+                value=value, recorded=recorded,
+            ) from exc
+
+        try:
+            rec = self._record(conn, _COMPLETE_SQL, (ns, key, fence, text), deadline, log_extra)
+        except psycopg.DataError as exc:
+            # The database refused the JSON (for example a \u0000 escape in jsonb).
+            recorded = self._abandon(
+                conn, ns, key, fence, f"result refused by the database: {exc}"[:1000], log_extra, deadline=deadline
+            )
+            raise ResultNotSerializable(
+                f"{ns}/{key}: the function ran but PostgreSQL refused its result as jsonb ({exc}); "
+                "the key is marked uncertain and will not run again until reconciled",
+                value=value, recorded=recorded,
+            ) from exc
+        if rec is None:
+            logger.error("sentinel: %s/%s ran under fence %s but its response could not be recorded before the "
+                         "hard deadline; other callers will see it uncertain", ns, key, fence, extra=log_extra)
+            return Result(ns, key, "executing", response=recorded_value, fence=fence, attempt=attempt,
+                          persisted=False, hard_expires_at=hard_at)
+        if rec[0] == "stale":
+            raise FencedOut(
+                f"{ns}/{key}: the function ran under fence {fence}, but the key was reconciled meanwhile "
+                f"(state now {rec[1]}); its response was not recorded",
+                response=recorded_value, fence=fence, state=rec[1],
+            )
+        return Result(ns, key, "completed", response=recorded_value, fence=fence, attempt=attempt,
+                      hard_expires_at=hard_at)
+
+    def _record(
+        self, conn: "psycopg.Connection[Any]", sql: str, params: Tuple[Any, ...], deadline: float,
+        log_extra: Dict[str, Any],
+    ) -> Optional[Tuple[Any, ...]]:
+        """Run a recording call, retrying on connection loss until ``deadline``.
+
+        Returns the function's row, or None if the database stayed out of reach
+        until the deadline. Errors other than connection loss propagate.
+        """
+        delay = 0.05
+        current: Optional["psycopg.Connection[Any]"] = conn
+        while True:
+            try:
+                if current is not None and not current.closed and not current.broken:
+                    with wrap_exceptions():
+                        row = current.execute(sql, params).fetchone()
+                else:
+                    with self._source.connection() as fresh, wrap_exceptions():
+                        row = fresh.execute(sql, params).fetchone()
+                return tuple(row) if row is not None else None
+            except DatabaseUnavailable as exc:
+                current = None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                logger.warning("sentinel: recording failed (%s); retrying for up to %.1fs", exc, remaining,
+                               extra=log_extra)
+                time.sleep(min(delay * (0.5 + random.random()), remaining))
+                delay = min(delay * 2, 1.0)
+
+    def _abandon(
+        self, conn: "psycopg.Connection[Any]", ns: str, key: str, fence: int, reason: str,
+        log_extra: Dict[str, Any], *, deadline: Optional[float],
+    ) -> bool:
+        """Mark our execution uncertain; True if the database recorded it."""
+        try:
+            rec = self._record(conn, _ABANDON_SQL, (ns, key, fence, reason),
+                               deadline if deadline is not None else time.monotonic(), log_extra)
+        except Exception as exc:  # never hide the original exception
+            logger.error("sentinel: could not mark %s/%s uncertain: %s", ns, key, exc, extra=log_extra)
+            return False
+        if rec is None:
+            logger.error("sentinel: could not mark %s/%s uncertain (database unavailable); it will read "
+                         "uncertain once its lease lapses", ns, key, extra=log_extra)
+            return False
+        logger.warning("sentinel: %s/%s marked %s: %s", ns, key, rec[0], reason, extra=log_extra)
+        return rec[0] in ("uncertain", "released")
+
+    # -- operator calls ----------------------------------------------------
+
+    def inspect(self, key: str) -> Optional[Dict[str, Any]]:
+        """The execution record of ``key`` in this namespace, or None."""
+        key = _check_key(key)
+        with self._source.connection() as conn, wrap_exceptions():
+            cur = conn.execute("select * from sentinel.inspect_v1(%s, %s)", (self.namespace, key))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            names = [d.name for d in (cur.description or [])]
+            return dict(zip(names, row))
+
+    def list(self, state: Optional[str] = None, *, older_than_ms: Optional[int] = None,
+             max_rows: int = 100) -> List[Dict[str, Any]]:
+        """Execution records of this namespace, oldest change first, optionally by effective state."""
+        with self._source.connection() as conn, wrap_exceptions():
+            cur = conn.execute("select * from sentinel.list_v1(%s, %s, %s, %s)",
+                               (self.namespace, state, older_than_ms, max_rows))
+            names = [d.name for d in (cur.description or [])]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def reconcile(self, key: str, *, action: str, actor: str, reason: str, response: Any = None,
+                  error: Any = None, force: bool = False) -> Dict[str, Any]:
+        """Resolve a key as ``completed`` (with ``response``), ``failed`` or ``release`` it.
+
+        Always takes a new fence, so a late worker is fenced out; records
+        ``actor`` and ``reason``. Refuses keys that are not uncertain, failed or
+        a lapsed claim unless ``force``.
+        """
+        key = _check_key(key)
+        resp = None if response is None and action != "completed" else self._dumps(response)
+        err = None if error is None else self._dumps(error)
+        with self._source.connection() as conn, wrap_exceptions():
+            cur = conn.execute(
+                "select * from sentinel.reconcile_v1(%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s)",
+                (self.namespace, key, action, actor, reason, resp, err, force),
+            )
+            names = [d.name for d in (cur.description or [])]
+            row = cur.fetchone()
+            assert row is not None
+            return dict(zip(names, row))
+
+    def purge(self, older_than_ms: int, *, batch_size: int = 1000) -> int:
+        """Delete completed and failed records finished ``older_than_ms`` ago, in batches; returns the count."""
+        total = 0
+        with self._source.connection() as conn, wrap_exceptions():
+            while True:
+                row = conn.execute("select sentinel.purge_v1(%s, %s, %s)",
+                                   (self.namespace, older_than_ms, batch_size)).fetchone()
+                n = int(row[0]) if row else 0
+                total += n
+                if n < batch_size:
+                    return total
+

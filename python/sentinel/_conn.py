@@ -1,0 +1,161 @@
+"""Where connections come from, and the one place driver errors are translated."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Iterator, Optional
+
+import psycopg
+from psycopg import pq
+
+from .errors import DatabaseUnavailable, SchemaError, SentinelError, TransactionInProgress, from_sqlstate
+
+logger = logging.getLogger("sentinel")
+
+GetConn = Callable[[], "psycopg.Connection[Any]"]
+
+# SQLSTATEs that mean the session is gone: connection exceptions (class 08) and
+# operator intervention (admin shutdown, crash shutdown, cannot connect now).
+_GONE = ("57P01", "57P02", "57P03")
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """Whether a driver error means the database or the session went away."""
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    try:
+        from psycopg_pool import PoolTimeout
+    except ImportError:  # pragma: no cover - psycopg-pool is a dependency
+        PoolTimeout = ()  # type: ignore[assignment,misc]
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return False
+    code = getattr(exc, "sqlstate", None)
+    return code is None or code.startswith("08") or code in _GONE
+
+
+@contextlib.contextmanager
+def wrap_exceptions() -> Iterator[None]:
+    """Translate psycopg errors into Sentinel's exceptions; let others pass."""
+    try:
+        yield
+    except SentinelError:
+        raise
+    except psycopg.Error as exc:
+        code = getattr(exc, "sqlstate", None)
+        mapped = from_sqlstate(code)
+        if mapped is not None:
+            diag = exc.diag
+            message = diag.message_primary or str(exc)
+            raise mapped(message) from exc
+        if code in ("42883", "3F000", "42P01"):
+            raise SchemaError(
+                "the Sentinel schema is not installed in this database "
+                "(run sentinel.init_db(conn) or `make demo` to see how): " + str(exc).strip()
+            ) from exc
+        if is_connection_loss(exc):
+            raise DatabaseUnavailable(f"database unavailable: {str(exc).strip() or type(exc).__name__}") from exc
+        raise
+    except Exception as exc:
+        if is_connection_loss(exc):
+            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        raise
+
+
+@contextlib.contextmanager
+def autocommit(conn: "psycopg.Connection[Any]") -> Iterator["psycopg.Connection[Any]"]:
+    """Use ``conn`` in autocommit mode, so each protocol call commits by itself.
+
+    Refuses a connection inside an open transaction: a claim made there would
+    not be visible to anyone until the caller commits.
+    """
+    status = conn.info.transaction_status
+    if status != pq.TransactionStatus.IDLE:
+        if status in (pq.TransactionStatus.UNKNOWN,) or conn.closed:
+            raise DatabaseUnavailable("database unavailable: the connection is closed or broken")
+        raise TransactionInProgress(
+            "once() needs a connection outside a transaction: the claim must be committed "
+            "before the function runs (transaction status: %s)" % status.name
+        )
+    previous = conn.autocommit
+    if not previous:
+        conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        if not previous and not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            conn.autocommit = previous
+
+
+class Source:
+    """A supply of connections for protocol calls and for the heartbeat."""
+
+    def connection(self) -> "contextlib.AbstractContextManager[psycopg.Connection[Any]]":
+        """A connection for one call, in autocommit mode, given back afterwards."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what this source holds."""
+
+
+class GetConnSource(Source):
+    """Calls the user's ``get_conn()`` for every call and closes what it returns."""
+
+    def __init__(self, get_conn: GetConn) -> None:
+        if not callable(get_conn):
+            raise TypeError("get_conn must be a callable returning a psycopg connection")
+        self._get_conn = get_conn
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator["psycopg.Connection[Any]"]:
+        with wrap_exceptions():
+            conn = self._get_conn()
+        if not isinstance(conn, psycopg.Connection):
+            raise TypeError(f"get_conn() must return a psycopg.Connection, got {type(conn).__name__}")
+        try:
+            with autocommit(conn):
+                yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class PoolSource(Source):
+    """Borrows connections from a ``psycopg_pool.ConnectionPool``."""
+
+    def __init__(self, pool: Any, *, owned: bool = False) -> None:
+        self._pool = pool
+        self._owned = owned
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator["psycopg.Connection[Any]"]:
+        with wrap_exceptions(), self._pool.connection() as conn:
+            with autocommit(conn):
+                yield conn
+
+    def close(self) -> None:
+        if self._owned:
+            self._pool.close()
+
+
+def conninfo_source(conninfo: str, *, max_size: Optional[int] = None) -> PoolSource:
+    """A private pool of autocommit connections to ``conninfo``."""
+    from psycopg_pool import ConnectionPool
+
+    def configure(conn: "psycopg.Connection[Any]") -> None:
+        conn.autocommit = True
+
+    pool: Any = ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=max_size or 10,
+        configure=configure,
+        open=False,
+        name="sentinel",
+        timeout=30.0,
+    )
+    with wrap_exceptions():
+        pool.open(wait=False)
+    return PoolSource(pool, owned=True)

@@ -1,0 +1,181 @@
+"""One background thread that keeps the leases of a process's executions alive."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import psycopg
+
+from ._conn import Source, is_connection_loss
+
+logger = logging.getLogger("sentinel")
+
+HEARTBEAT_SQL = "select alive, state, lease_expires_at from sentinel.heartbeat_v1(%s, %s, %s)"
+
+
+class Lease:
+    """The heartbeat's view of one running execution."""
+
+    __slots__ = ("namespace", "key", "fence", "interval", "lost", "lost_reason", "id", "beats", "lease_expires_at")
+
+    def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int) -> None:
+        self.namespace = namespace
+        self.key = key
+        self.fence = fence
+        # Renew three times per lease, but not more often than every 10 ms.
+        self.interval = max(ttl_ms / 3000.0, 0.01)
+        self.lost = threading.Event()
+        self.lost_reason: Optional[str] = None
+        self.id = 0
+        self.beats = 0
+        self.lease_expires_at: Any = None
+
+
+class Heartbeater:
+    """Renews the leases of every in-flight execution of one ``Sentinel``.
+
+    A single daemon thread, started on first use, sleeps until the next lease is
+    due, renews it with ``heartbeat_v1`` on its own connection, and sets the
+    lease's ``lost`` event when the database says the execution is no longer
+    ours (lease lapsed, hard deadline passed, fence taken over). It never
+    decides anything itself: the database does.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        self._cond = threading.Condition()
+        self._heap: List[Tuple[float, int]] = []
+        self._leases: Dict[int, Lease] = {}
+        self._ids = itertools.count(1)
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+
+    def register(self, lease: Lease) -> None:
+        """Start renewing ``lease``; its first renewal is one interval from now."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("this Sentinel is closed")
+            lease.id = next(self._ids)
+            self._leases[lease.id] = lease
+            heapq.heappush(self._heap, (time.monotonic() + lease.interval, lease.id))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="sentinel-heartbeat", daemon=True)
+                self._thread.start()
+            else:
+                self._cond.notify()
+
+    def unregister(self, lease: Lease) -> None:
+        """Stop renewing ``lease`` (its entry in the schedule is dropped lazily)."""
+        with self._cond:
+            self._leases.pop(lease.id, None)
+
+    def close(self) -> None:
+        """Stop the thread; leases still registered are no longer renewed."""
+        with self._cond:
+            self._closed = True
+            self._leases.clear()
+            self._cond.notify()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    def _next_due(self) -> Optional[List[Lease]]:
+        """Wait until at least one lease is due; None when closed."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                while self._heap and self._heap[0][1] not in self._leases:
+                    heapq.heappop(self._heap)
+                now = time.monotonic()
+                if self._heap and self._heap[0][0] <= now:
+                    due: List[Lease] = []
+                    while self._heap and self._heap[0][0] <= now:
+                        _, lid = heapq.heappop(self._heap)
+                        lease = self._leases.get(lid)
+                        if lease is not None:
+                            due.append(lease)
+                    if due:
+                        return due
+                    continue
+                timeout = (self._heap[0][0] - now) if self._heap else None
+                self._cond.wait(timeout)
+
+    def _idle(self) -> bool:
+        with self._cond:
+            return not self._leases
+
+    def _reschedule(self, lease: Lease, delay: float) -> None:
+        with self._cond:
+            if lease.id in self._leases:
+                heapq.heappush(self._heap, (time.monotonic() + delay, lease.id))
+
+    def _run(self) -> None:
+        conn_cm: Any = None
+        conn: Optional["psycopg.Connection[Any]"] = None
+        try:
+            while True:
+                due = self._next_due()
+                if due is None:
+                    return
+                for lease in due:
+                    if conn is None:
+                        try:
+                            conn_cm = self._source.connection()
+                            conn = conn_cm.__enter__()
+                        except Exception as exc:
+                            conn_cm = conn = None
+                            logger.warning(
+                                "sentinel: heartbeat cannot connect (%s); retrying", exc,
+                                extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
+                            )
+                            self._reschedule(lease, min(lease.interval, 0.2))
+                            continue
+                    try:
+                        row = conn.execute(HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence)).fetchone()
+                    except Exception as exc:
+                        if conn_cm is not None:
+                            try:
+                                conn_cm.__exit__(type(exc), exc, exc.__traceback__)
+                            except Exception:
+                                pass
+                        conn_cm = conn = None
+                        level = logging.WARNING if is_connection_loss(exc) else logging.ERROR
+                        logger.log(
+                            level, "sentinel: heartbeat for %s/%s failed (%s); retrying",
+                            lease.namespace, lease.key, exc,
+                            extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
+                        )
+                        self._reschedule(lease, min(lease.interval, 0.2))
+                        continue
+                    lease.beats += 1
+                    if row is not None and row[0]:
+                        lease.lease_expires_at = row[2]
+                        self._reschedule(lease, lease.interval)
+                    else:
+                        lease.lost_reason = f"lease lost (state now {row[1] if row else None})"
+                        logger.warning(
+                            "sentinel: %s/%s lost its lease under fence %s (state %s)",
+                            lease.namespace, lease.key, lease.fence, row[1] if row else None,
+                            extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
+                        )
+                        lease.lost.set()
+                        self.unregister(lease)
+                if conn_cm is not None and self._idle():
+                    # Nothing in flight: give the connection back until needed.
+                    try:
+                        conn_cm.__exit__(None, None, None)
+                    except Exception:
+                        pass
+                    conn_cm = conn = None
+        finally:
+            if conn_cm is not None:
+                try:
+                    conn_cm.__exit__(None, None, None)
+                except Exception:
+                    pass

@@ -1,0 +1,176 @@
+"""Sentinel's exceptions.
+
+Every exception Sentinel raises derives from :class:`SentinelError`. The SQL
+functions raise errors of the SQLSTATE class ``SN``; each such code maps to one
+class here (see :func:`from_sqlstate`), so a Python caller and a psql user read
+the same condition. Checks that the driver makes before calling the database
+raise the same classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, Optional, Type
+
+__all__ = [
+    "SentinelError",
+    "InvalidArgument",
+    "InvalidKey",
+    "InvalidNamespace",
+    "InvalidTTL",
+    "InvalidText",
+    "InvalidFence",
+    "InvalidOption",
+    "ExecutionNotFound",
+    "ReconcileRefused",
+    "InvalidResponse",
+    "NotBegun",
+    "DatabaseUnavailable",
+    "SchemaError",
+    "TransactionInProgress",
+    "KeyMismatch",
+    "ResultNotSerializable",
+    "FencedOut",
+    "from_sqlstate",
+]
+
+_BY_SQLSTATE: Dict[str, Type["SentinelError"]] = {}
+
+
+class SentinelError(Exception):
+    """Base class of every error raised by Sentinel."""
+
+    #: The SQLSTATE the SQL functions raise for this condition, if any.
+    sqlstate: ClassVar[Optional[str]] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        code = cls.__dict__.get("sqlstate")
+        if code is not None:
+            if code in _BY_SQLSTATE:
+                raise TypeError(f"SQLSTATE {code} is already mapped to {_BY_SQLSTATE[code].__name__}")
+            _BY_SQLSTATE[code] = cls
+
+
+class InvalidArgument(SentinelError, ValueError):
+    """An argument is outside what Sentinel accepts; nothing was run or written."""
+
+
+class InvalidKey(InvalidArgument):
+    """Empty key, key with a NUL character, or key over 1024 UTF-8 bytes (SQLSTATE SN001)."""
+
+    sqlstate = "SN001"
+
+
+class InvalidNamespace(InvalidArgument):
+    """Namespace outside ``^[a-z0-9][a-z0-9_.-]{0,62}$`` (SQLSTATE SN002)."""
+
+    sqlstate = "SN002"
+
+
+class InvalidTTL(InvalidArgument):
+    """A TTL or age out of range, or ``hard_ttl_ms < ttl_ms`` (SQLSTATE SN003)."""
+
+    sqlstate = "SN003"
+
+
+class InvalidText(InvalidArgument):
+    """An owner, actor, reason or fingerprint that is empty or too long (SQLSTATE SN004)."""
+
+    sqlstate = "SN004"
+
+
+class InvalidFence(InvalidArgument):
+    """A NULL or non-positive fence (SQLSTATE SN005)."""
+
+    sqlstate = "SN005"
+
+
+class InvalidOption(InvalidArgument):
+    """An unknown state, reconcile action, or a row or batch limit out of range (SQLSTATE SN006)."""
+
+    sqlstate = "SN006"
+
+
+class ExecutionNotFound(SentinelError, LookupError):
+    """No execution record for the key (SQLSTATE SN007)."""
+
+    sqlstate = "SN007"
+
+
+class ReconcileRefused(SentinelError):
+    """The key is not uncertain, failed or a lapsed claim, and force was not given (SQLSTATE SN008)."""
+
+    sqlstate = "SN008"
+
+
+class InvalidResponse(InvalidArgument):
+    """A response or error given as SQL NULL (SQLSTATE SN009)."""
+
+    sqlstate = "SN009"
+
+
+class NotBegun(SentinelError):
+    """complete was called for a claim that was never begun (SQLSTATE SN011)."""
+
+    sqlstate = "SN011"
+
+
+class DatabaseUnavailable(SentinelError, ConnectionError):
+    """The database could not be reached, or the connection broke during a call."""
+
+
+class SchemaError(SentinelError):
+    """The Sentinel schema is missing, older than this client needs, or differs from its files."""
+
+
+class TransactionInProgress(SentinelError):
+    """``once()`` was given a connection inside an open transaction.
+
+    The claim must commit before the function runs, so Sentinel will not use a
+    connection whose transaction the caller still holds open.
+    """
+
+
+class KeyMismatch(SentinelError):
+    """The key was first used with another fingerprint: a key reused for different work."""
+
+    def __init__(self, message: str, *, namespace: str, key: str) -> None:
+        super().__init__(message)
+        self.namespace = namespace
+        self.key = key
+
+
+class ResultNotSerializable(SentinelError, TypeError):
+    """The function ran but its return value could not be serialised.
+
+    The key is marked uncertain (the function had its effects; its response
+    could not be stored) and is never run again on its own; an operator
+    reconciles it. ``value`` holds the value the function returned.
+    """
+
+    def __init__(self, message: str, *, value: Any, recorded: bool) -> None:
+        super().__init__(message)
+        self.value = value
+        self.recorded = recorded
+
+
+class FencedOut(SentinelError):
+    """The function ran, but its fence was no longer current when its outcome was recorded.
+
+    An operator reconciled the key (taking a new fence) while the function was
+    running; the database kept the operator's decision. ``response`` holds the
+    value the function returned, ``fence`` the fence it ran under.
+    """
+
+    def __init__(self, message: str, *, response: Any, fence: int, state: Optional[str]) -> None:
+        super().__init__(message)
+        self.response = response
+        self.fence = fence
+        self.state = state
+
+
+def from_sqlstate(sqlstate: Optional[str]) -> Optional[Type[SentinelError]]:
+    """Return the class mapped to a SQLSTATE of class SN, or None."""
+    if sqlstate is None:
+        return None
+    return _BY_SQLSTATE.get(sqlstate)
