@@ -15,7 +15,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import pgserver  # noqa: E402
-
 import sentinel  # noqa: E402
 
 
@@ -71,7 +70,7 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def conn(dsn: str) -> Iterator["psycopg.Connection[Any]"]:
+def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the test database."""
     with psycopg.connect(dsn, autocommit=True) as c:
         yield c

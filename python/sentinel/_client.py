@@ -47,7 +47,7 @@ _COMPLETE_SQL = "select outcome, state from sentinel.complete_v1(%s, %s, %s, %s:
 _FAIL_SQL = "select outcome, state from sentinel.fail_v1(%s, %s, %s, %s::jsonb, %s)"
 _ABANDON_SQL = "select outcome, state from sentinel.abandon_v1(%s, %s, %s, %s)"
 
-_current: "contextvars.ContextVar[Optional[ExecutionContext]]" = contextvars.ContextVar(
+_current: contextvars.ContextVar[Optional[ExecutionContext]] = contextvars.ContextVar(
     "sentinel_execution", default=None
 )
 
@@ -209,8 +209,11 @@ class Sentinel:
     ``default_ttl_ms`` is the lease used when ``once()`` names none;
     ``namespace`` isolates this client's keys from other systems sharing the
     database. ``dumps`` turns a function's return value into JSON text
-    (default: ``json.dumps`` without NaN). Call :meth:`close` (or use ``with``)
-    to stop the heartbeat thread and close a private pool.
+    (default: ``json.dumps`` without NaN). ``pool_size`` and
+    ``connect_timeout`` (seconds a call waits for a connection before raising
+    :class:`DatabaseUnavailable`) apply to the private pool of ``conninfo``.
+    Call :meth:`close` (or use ``with``) to stop the heartbeat thread and close
+    a private pool.
     """
 
     def __init__(
@@ -223,6 +226,8 @@ class Sentinel:
         default_hard_ttl_ms: Optional[int] = None,
         namespace: str = "default",
         dumps: Optional[Callable[[Any], str]] = None,
+        pool_size: int = 10,
+        connect_timeout: float = 10.0,
     ) -> None:
         given = [x is not None for x in (get_conn, pool, conninfo)]
         if sum(given) != 1:
@@ -240,7 +245,7 @@ class Sentinel:
             source = PoolSource(pool)
         else:
             assert conninfo is not None
-            source = conninfo_source(conninfo)
+            source = conninfo_source(conninfo, max_size=pool_size, timeout=connect_timeout)
         self._source = source
         self._heartbeat = Heartbeater(source)
         self._owner_pid = -1
@@ -254,7 +259,7 @@ class Sentinel:
         self._heartbeat.close()
         self._source.close()
 
-    def __enter__(self) -> "Sentinel":
+    def __enter__(self) -> Sentinel:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -357,7 +362,7 @@ class Sentinel:
         raise SentinelError(f"unexpected acquire outcome {outcome!r}")  # pragma: no cover
 
     def _execute(
-        self, conn: "psycopg.Connection[Any]", ns: str, key: str, fence: int, attempt: int, ttl: int,
+        self, conn: psycopg.Connection[Any], ns: str, key: str, fence: int, attempt: int, ttl: int,
         claimed_at: datetime, hard_at: datetime, deadline: float,
         fn: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], pass_context: bool,
     ) -> Result:
@@ -427,7 +432,7 @@ class Sentinel:
                       hard_expires_at=hard_at)
 
     def _record(
-        self, conn: "psycopg.Connection[Any]", sql: str, params: Tuple[Any, ...], deadline: float,
+        self, conn: psycopg.Connection[Any], sql: str, params: Tuple[Any, ...], deadline: float,
         log_extra: Dict[str, Any],
     ) -> Optional[Tuple[Any, ...]]:
         """Run a recording call, retrying on connection loss until ``deadline``.
@@ -436,7 +441,7 @@ class Sentinel:
         until the deadline. Errors other than connection loss propagate.
         """
         delay = 0.05
-        current: Optional["psycopg.Connection[Any]"] = conn
+        current: Optional[psycopg.Connection[Any]] = conn
         while True:
             try:
                 if current is not None and not current.closed and not current.broken:
@@ -457,7 +462,7 @@ class Sentinel:
                 delay = min(delay * 2, 1.0)
 
     def _abandon(
-        self, conn: "psycopg.Connection[Any]", ns: str, key: str, fence: int, reason: str,
+        self, conn: psycopg.Connection[Any], ns: str, key: str, fence: int, reason: str,
         log_extra: Dict[str, Any], *, deadline: Optional[float],
     ) -> bool:
         """Mark our execution uncertain; True if the database recorded it."""

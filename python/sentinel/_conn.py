@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 import psycopg
 from psycopg import pq
@@ -65,7 +65,7 @@ def wrap_exceptions() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def autocommit(conn: "psycopg.Connection[Any]") -> Iterator["psycopg.Connection[Any]"]:
+def autocommit(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
     """Use ``conn`` in autocommit mode, so each protocol call commits by itself.
 
     Refuses a connection inside an open transaction: a claim made there would
@@ -77,7 +77,7 @@ def autocommit(conn: "psycopg.Connection[Any]") -> Iterator["psycopg.Connection[
             raise DatabaseUnavailable("database unavailable: the connection is closed or broken")
         raise TransactionInProgress(
             "once() needs a connection outside a transaction: the claim must be committed "
-            "before the function runs (transaction status: %s)" % status.name
+            f"before the function runs (transaction status: {status.name})"
         )
     previous = conn.autocommit
     if not previous:
@@ -92,7 +92,7 @@ def autocommit(conn: "psycopg.Connection[Any]") -> Iterator["psycopg.Connection[
 class Source:
     """A supply of connections for protocol calls and for the heartbeat."""
 
-    def connection(self) -> "contextlib.AbstractContextManager[psycopg.Connection[Any]]":
+    def connection(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
         """A connection for one call, in autocommit mode, given back afterwards."""
         raise NotImplementedError
 
@@ -109,7 +109,7 @@ class GetConnSource(Source):
         self._get_conn = get_conn
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator["psycopg.Connection[Any]"]:
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
         with wrap_exceptions():
             conn = self._get_conn()
         if not isinstance(conn, psycopg.Connection):
@@ -130,7 +130,7 @@ class PoolSource(Source):
         self._owned = owned
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator["psycopg.Connection[Any]"]:
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
         with wrap_exceptions(), self._pool.connection() as conn:
             with autocommit(conn):
                 yield conn
@@ -140,21 +140,25 @@ class PoolSource(Source):
             self._pool.close()
 
 
-def conninfo_source(conninfo: str, *, max_size: Optional[int] = None) -> PoolSource:
-    """A private pool of autocommit connections to ``conninfo``."""
+def conninfo_source(conninfo: str, *, max_size: int = 10, timeout: float = 10.0) -> PoolSource:
+    """A private pool of autocommit connections to ``conninfo``.
+
+    ``timeout``: how long a call waits for a connection before raising
+    :class:`DatabaseUnavailable`.
+    """
     from psycopg_pool import ConnectionPool
 
-    def configure(conn: "psycopg.Connection[Any]") -> None:
+    def configure(conn: psycopg.Connection[Any]) -> None:
         conn.autocommit = True
 
     pool: Any = ConnectionPool(
         conninfo,
         min_size=1,
-        max_size=max_size or 10,
+        max_size=max_size,
         configure=configure,
         open=False,
         name="sentinel",
-        timeout=30.0,
+        timeout=timeout,
     )
     with wrap_exceptions():
         pool.open(wait=False)

@@ -117,7 +117,7 @@ class Heartbeater:
 
     def _run(self) -> None:
         conn_cm: Any = None
-        conn: Optional["psycopg.Connection[Any]"] = None
+        conn: Optional[psycopg.Connection[Any]] = None
         try:
             while True:
                 due = self._next_due()

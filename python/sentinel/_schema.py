@@ -74,14 +74,14 @@ def required_version() -> int:
     return migrations()[-1].id
 
 
-def _applied(conn: "psycopg.Connection[Any]") -> Optional[dict[int, str]]:
+def _applied(conn: psycopg.Connection[Any]) -> Optional[dict[int, str]]:
     row = conn.execute("select to_regclass('sentinel.migrations') is not null").fetchone()
     if not row or not row[0]:
         return None
     return {int(r[0]): str(r[1]) for r in conn.execute("select id, checksum from sentinel.migrations")}
 
 
-def init_db(conn: "psycopg.Connection[Any]") -> List[str]:
+def init_db(conn: psycopg.Connection[Any]) -> List[str]:
     """Install or upgrade the Sentinel schema in the database of ``conn``.
 
     Applies every pending migration, each in its own transaction, and records

@@ -33,7 +33,7 @@ __all__ = [
     "from_sqlstate",
 ]
 
-_BY_SQLSTATE: Dict[str, Type["SentinelError"]] = {}
+_BY_SQLSTATE: Dict[str, Type[SentinelError]] = {}
 
 
 class SentinelError(Exception):

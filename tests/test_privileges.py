@@ -1,0 +1,76 @@
+"""An application role with EXECUTE on the protocol can use once(), and nothing more."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+
+import sentinel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_grant(role: str) -> str:
+    """The grant statements exactly as the README shows them, for ``role``."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```sql\n(grant usage on schema sentinel to app;.*?)```", text, re.S)
+    assert block, "README lost its grant example"
+    return block.group(1).replace(" to app;", f" to {role};")
+
+
+@pytest.fixture
+def app_dsn(dsn: str) -> Iterator[str]:
+    role = f"sentinel_app_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"create role {role} login password '{password}'")
+        admin.execute(_readme_grant(role))
+    yield psycopg.conninfo.make_conninfo(dsn, user=role, password=password)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"drop owned by {role}")
+        admin.execute(f"drop role {role}")
+
+
+def test_app_role_can_use_once(app_dsn: str, namespace: str) -> None:
+    with sentinel.Sentinel(conninfo=app_dsn, namespace=namespace) as s:
+        assert s.once("k", lambda: {"ok": 1}).response == {"ok": 1}
+        assert s.once("k", lambda: None).replayed
+        with pytest.raises(RuntimeError):
+            s.once("boom", lambda: (_ for _ in ()).throw(RuntimeError("x")))
+        assert s.inspect("boom")["state"] == "failed"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "insert into sentinel.executions (namespace, key, state, fence, attempt, ttl_ms, claimed_at,"
+        " lease_expires_at, hard_expires_at, updated_at) values ('x', 'k', 'completed', 1, 1, 1, now(), now(),"
+        " now(), now())",
+        "update sentinel.executions set state = 'completed'",
+        "delete from sentinel.executions",
+        "select * from sentinel.executions",
+        "select nextval('sentinel.fence_seq')",
+        "create or replace function sentinel._now() returns timestamptz language sql as $$ select now() $$",
+        "select * from sentinel.reconcile_v1('x', 'k', 'release', 'me', 'because')",
+        "select * from sentinel.purge_v1('x', 0)",
+    ],
+)
+def test_app_role_cannot_touch_tables_clock_or_operator_functions(app_dsn: str, statement: str) -> None:
+    with psycopg.connect(app_dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+
+
+def test_public_cannot_execute_the_protocol(app_dsn: str, dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            """select p.oid::regprocedure::text from pg_proc p
+                where p.pronamespace = 'sentinel'::regnamespace
+                  and has_function_privilege('public', p.oid, 'execute')"""
+        ).fetchall()
+    assert rows == [("sentinel.schema_version()",)]
