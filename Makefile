@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
 	@echo "make test        pytest and the pgTAP suite against a throwaway PostgreSQL"
-	@echo "make check       ruff and mypy"
+	@echo "make check       ruff, mypy --strict, squawk on the migrations"
 	@echo "make pgtap-deps  install pgTAP and pg_prove (Debian, as root)"
 
 $(VENV)/.installed: pyproject.toml
@@ -34,6 +34,7 @@ demo: venv
 
 lint: venv
 	$(PY) -m ruff check python tests examples
+	$(VENV)/bin/squawk sql/migrations/*.sql
 
 typecheck: venv
 	$(PY) -m mypy

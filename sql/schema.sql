@@ -1,4 +1,4 @@
--- Sentinel: the whole current schema in one file (schema version 1).
+-- Sentinel: the whole current schema in one file (schema version 2).
 --
 -- For review and for installing a new database by hand:
 --     psql --single-transaction -v ON_ERROR_STOP=1 -f sql/schema.sql
@@ -815,13 +815,75 @@ comment on function sentinel.purge_v1(text, bigint, integer) is
 create function sentinel.schema_version() returns integer
     language sql immutable
     set search_path = pg_catalog, pg_temp
-    as $$ select 1 $$;
+    as $$ select 2 $$;
 comment on function sentinel.schema_version() is
     'The version of the Sentinel schema: the number of the newest migration that changed it.';
 
+create function sentinel.api_versions() returns integer[]
+    language sql immutable
+    set search_path = pg_catalog, pg_temp
+    as $$ select array[1] $$;
+comment on function sentinel.api_versions() is
+    'The protocol versions this schema provides: 1 means the _v1 functions exist. A client checks that its '
+    'version is listed. A pre migration adds a version; only a later post migration removes one.';
+
+create function sentinel.grant_v1(role text, operator boolean default false)
+    returns text[]
+    language plpgsql volatile
+    set search_path = pg_catalog, pg_temp
+    as $$
+#variable_conflict use_variable
+declare
+    p_role  constant text := grant_v1.role;
+    v_funcs text[] := array[
+        'sentinel.schema_version()',
+        'sentinel.api_versions()',
+        'sentinel.acquire_v1(text, text, text, bigint, bigint, boolean, text)',
+        'sentinel.begin_v1(text, text, bigint)',
+        'sentinel.heartbeat_v1(text, text, bigint)',
+        'sentinel.complete_v1(text, text, bigint, jsonb)',
+        'sentinel.fail_v1(text, text, bigint, jsonb, boolean)',
+        'sentinel.abandon_v1(text, text, bigint, text)',
+        'sentinel.inspect_v1(text, text)',
+        'sentinel.list_v1(text, text, bigint, integer)'
+    ];
+    v_done  text[] := '{}';
+    v_stmt  text;
+    v_func  text;
+begin
+    if p_role is null or not exists (select 1 from pg_catalog.pg_roles r where r.rolname = p_role) then
+        raise exception 'sentinel: role % does not exist', coalesce(quote_literal(p_role), 'NULL')
+            using errcode = 'SN012';
+    end if;
+    if coalesce(grant_v1.operator, false) then
+        v_funcs := v_funcs || array[
+            'sentinel.reconcile_v1(text, text, text, text, text, jsonb, jsonb, boolean)',
+            'sentinel.purge_v1(text, bigint, integer)'
+        ];
+    end if;
+    v_stmt := format('grant usage on schema sentinel to %I', p_role);
+    execute v_stmt;
+    v_done := v_done || v_stmt;
+    foreach v_func in array v_funcs loop
+        v_stmt := format('grant execute on function %s to %I', v_func, p_role);
+        execute v_stmt;
+        v_done := v_done || v_stmt;
+    end loop;
+    return v_done;
+end
+$$;
+comment on function sentinel.grant_v1(text, boolean) is
+    'Gives role exactly what an application needs: USAGE on schema sentinel and EXECUTE on the protocol '
+    '(acquire, begin, heartbeat, complete, fail, abandon, inspect, list, schema_version, api_versions); with '
+    'operator => true also reconcile and purge. No table privileges: rows change only through the functions. '
+    'Runs with the caller''s rights (the schema owner or a superuser). Returns the statements it ran. '
+    'Raises SN012 for an unknown role.';
+
 revoke all on all functions in schema sentinel from public;
 grant execute on function sentinel.schema_version() to public;
+grant execute on function sentinel.api_versions() to public;
 
 -- The migrations this file stands for, with the checksums of their files.
 insert into sentinel.migrations (id, name, checksum) values
-    (1, '0001_pre_core', '82b20c271696fbe3ab5e530337bb73924979c5c125e5f5ca70679fe1c54c4add');
+    (1, '0001_pre_core', 'f38ef0625046279535bebfc8096588375f2e7c6633fad274961e11fd072974de'),
+    (2, '0002_pre_grants', '6d971be2ef3767053d8bcedfe5e7bb5549520656400a11888cec4e5d050f4752');

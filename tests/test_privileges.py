@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import psycopg
 import pytest
@@ -15,21 +14,13 @@ import sentinel
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _readme_grant(role: str) -> str:
-    """The grant statements exactly as the README shows them, for ``role``."""
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"```sql\n(grant usage on schema sentinel to app;.*?)```", text, re.S)
-    assert block, "README lost its grant example"
-    return block.group(1).replace(" to app;", f" to {role};")
-
-
 @pytest.fixture
 def app_dsn(dsn: str) -> Iterator[str]:
     role = f"sentinel_app_{uuid.uuid4().hex[:8]}"
     password = uuid.uuid4().hex
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute(f"create role {role} login password '{password}'")
-        admin.execute(_readme_grant(role))
+        admin.execute("select sentinel.grant_v1(%s)", (role,))
     yield psycopg.conninfo.make_conninfo(dsn, user=role, password=password)
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute(f"drop owned by {role}")
@@ -73,4 +64,25 @@ def test_public_cannot_execute_the_protocol(app_dsn: str, dsn: str) -> None:
                 where p.pronamespace = 'sentinel'::regnamespace
                   and has_function_privilege('public', p.oid, 'execute')"""
         ).fetchall()
-    assert rows == [("sentinel.schema_version()",)]
+    assert sorted(rows) == [("sentinel.api_versions()",), ("sentinel.schema_version()",)]
+
+
+def test_operator_grant_adds_reconcile_and_purge(app_dsn: str, dsn: str, namespace: str) -> None:
+    role = psycopg.conninfo.conninfo_to_dict(app_dsn)["user"]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        ran = admin.execute("select sentinel.grant_v1(%s, operator => true)", (role,)).fetchone()
+    assert ran is not None and any("reconcile_v1" in stmt for stmt in ran[0])
+    with sentinel.Sentinel(conninfo=app_dsn, namespace=namespace) as s:
+        s.once("k", lambda: 1)
+        assert s.purge(0) == 1
+
+
+def test_grant_unknown_role_is_a_clear_error(conn: psycopg.Connection[Any]) -> None:
+    with pytest.raises(psycopg.Error, match="role 'no_such_role' does not exist") as info:
+        conn.execute("select sentinel.grant_v1('no_such_role')")
+    assert info.value.sqlstate == "SN012"
+    assert sentinel.errors.from_sqlstate("SN012") is sentinel.UnknownRole
+
+
+def test_readme_shows_the_grant_function() -> None:
+    assert "select sentinel.grant_v1('app');" in (ROOT / "README.md").read_text()

@@ -14,7 +14,7 @@ alive::
 from __future__ import annotations
 
 from ._client import ExecutionContext, LeaseLost, Result, Sentinel, current_execution
-from ._schema import init_db, migrations, required_version, sql_dir
+from ._schema import SchemaStatus, check_compatible, init_db, migrations, required_version, sql_dir, status
 from .errors import (
     DatabaseUnavailable,
     ExecutionNotFound,
@@ -29,11 +29,13 @@ from .errors import (
     InvalidTTL,
     KeyMismatch,
     NotBegun,
+    PermissionDenied,
     ReconcileRefused,
     ResultNotSerializable,
     SchemaError,
     SentinelError,
     TransactionInProgress,
+    UnknownRole,
 )
 
 __version__ = "0.1.0"
@@ -45,6 +47,9 @@ __all__ = [
     "LeaseLost",
     "current_execution",
     "init_db",
+    "status",
+    "check_compatible",
+    "SchemaStatus",
     "migrations",
     "required_version",
     "sql_dir",
@@ -61,8 +66,10 @@ __all__ = [
     "ReconcileRefused",
     "NotBegun",
     "DatabaseUnavailable",
+    "PermissionDenied",
     "SchemaError",
     "TransactionInProgress",
+    "UnknownRole",
     "KeyMismatch",
     "ResultNotSerializable",
     "FencedOut",

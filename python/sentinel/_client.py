@@ -20,6 +20,7 @@ import psycopg
 
 from ._conn import GetConn, GetConnSource, PoolSource, Source, conninfo_source, wrap_exceptions
 from ._heartbeat import Heartbeater, Lease
+from ._schema import check_compatible
 from .errors import (
     DatabaseUnavailable,
     FencedOut,
@@ -212,7 +213,10 @@ class Sentinel:
     (default: ``json.dumps`` without NaN). ``pool_size`` and
     ``connect_timeout`` (seconds a call waits for a connection before raising
     :class:`DatabaseUnavailable`) apply to the private pool of ``conninfo``.
-    Call :meth:`close` (or use ``with``) to stop the heartbeat thread and close
+    With ``check_schema`` (the default) the first call checks, once, that the
+    database's schema is recent enough for this client and still provides its
+    protocol version, and raises :class:`SchemaError` naming the command to
+    run if not. Call :meth:`close` (or use ``with``) to stop the heartbeat thread and close
     a private pool.
     """
 
@@ -228,6 +232,7 @@ class Sentinel:
         dumps: Optional[Callable[[Any], str]] = None,
         pool_size: int = 10,
         connect_timeout: float = 10.0,
+        check_schema: bool = True,
     ) -> None:
         given = [x is not None for x in (get_conn, pool, conninfo)]
         if sum(given) != 1:
@@ -251,6 +256,7 @@ class Sentinel:
         self._owner_pid = -1
         self._owner = ""
         self._lock = threading.Lock()
+        self._schema_ok = not check_schema
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -275,6 +281,13 @@ class Sentinel:
                     self._owner = f"{socket.gethostname()[:120]}:{pid}:{secrets.token_hex(4)}"
                     self._owner_pid = pid
         return self._owner
+
+    def _check_schema(self, conn: psycopg.Connection[Any]) -> None:
+        """On first use, refuse a schema this client cannot work with."""
+        if self._schema_ok:
+            return
+        check_compatible(conn)
+        self._schema_ok = True
 
     # -- once --------------------------------------------------------------
 
@@ -331,6 +344,7 @@ class Sentinel:
         ns = self.namespace
 
         with self._source.connection() as conn:
+            self._check_schema(conn)
             with wrap_exceptions():
                 row = conn.execute(_ACQUIRE_SQL, (ns, key, self.owner, ttl, hard, fingerprint)).fetchone()
             assert row is not None
@@ -485,6 +499,7 @@ class Sentinel:
         """The execution record of ``key`` in this namespace, or None."""
         key = _check_key(key)
         with self._source.connection() as conn, wrap_exceptions():
+            self._check_schema(conn)
             cur = conn.execute("select * from sentinel.inspect_v1(%s, %s)", (self.namespace, key))
             row = cur.fetchone()
             if row is None:

@@ -9,7 +9,14 @@ from typing import Any, Callable, Iterator
 import psycopg
 from psycopg import pq
 
-from .errors import DatabaseUnavailable, SchemaError, SentinelError, TransactionInProgress, from_sqlstate
+from .errors import (
+    DatabaseUnavailable,
+    PermissionDenied,
+    SchemaError,
+    SentinelError,
+    TransactionInProgress,
+    from_sqlstate,
+)
 
 logger = logging.getLogger("sentinel")
 
@@ -50,6 +57,11 @@ def wrap_exceptions() -> Iterator[None]:
             diag = exc.diag
             message = diag.message_primary or str(exc)
             raise mapped(message) from exc
+        if code == "42501":
+            raise PermissionDenied(
+                f"{str(exc).strip()}: the schema owner can grant what an application needs with "
+                "`select sentinel.grant_v1('<role>')` or `sentinel grant <role>`"
+            ) from exc
         if code in ("42883", "3F000", "42P01"):
             raise SchemaError(
                 "the Sentinel schema is not installed in this database "

@@ -1,27 +1,32 @@
-"""The packaged SQL and the installer (``init_db``)."""
+"""The packaged SQL, the installer (``init_db``) and schema version checks."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import psycopg
 
-from ._conn import wrap_exceptions
+from ._conn import autocommit, wrap_exceptions
 from .errors import SchemaError
 
 logger = logging.getLogger("sentinel")
 
-#: The schema version this client needs: the newest migration it ships.
+#: The protocol version this client speaks: it calls the ``_v1`` functions.
+API_VERSION = 1
+
 _MIGRATION_NAME = re.compile(r"^(\d{4})_(pre|post)_([a-z0-9_]+)\.sql$")
 
-# pg_advisory_lock key that serialises installers: hashtext('sentinel.init_db').
+# Serialises installers: pg_advisory_lock(hashtext('sentinel.init_db')).
 _LOCK_SQL = "select pg_advisory_lock(hashtext('sentinel.init_db'))"
 _UNLOCK_SQL = "select pg_advisory_unlock(hashtext('sentinel.init_db'))"
+
+MIGRATE_HINT = "run `sentinel migrate --dsn <this database>` (or sentinel.init_db(conn) from Python)"
 
 
 def sql_dir() -> Path:
@@ -42,7 +47,7 @@ def sql_dir() -> Path:
 
 @dataclass(frozen=True)
 class Migration:
-    """One migration file."""
+    """One migration file: ``NNNN_(pre|post)_name.sql``."""
 
     id: int
     name: str
@@ -54,11 +59,22 @@ class Migration:
         """SHA-256 of the file's text, as recorded in ``sentinel.migrations``."""
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
+    def script(self) -> str:
+        """The file wrapped in a transaction that also records it in the ledger (for psql)."""
+        return (
+            f"-- Sentinel migration {self.name} (sha256 {self.checksum})\n"
+            "begin;\n"
+            f"{self.sql.rstrip()}\n"
+            "insert into sentinel.migrations (id, name, checksum)\n"
+            f"    values ({self.id}, '{self.name}', '{self.checksum}');\n"
+            "commit;\n"
+        )
 
-def migrations() -> List[Migration]:
-    """Every migration shipped with this client, in order."""
+
+def migrations(folder: Optional[Path] = None) -> List[Migration]:
+    """Every migration shipped with this client (or found in ``folder``), in order."""
     found: List[Migration] = []
-    for path in sorted((sql_dir() / "migrations").glob("*.sql")):
+    for path in sorted(((folder or sql_dir()) / "migrations").glob("*.sql")):
         m = _MIGRATION_NAME.match(path.name)
         if m is None:
             raise SchemaError(f"migration file {path.name} does not match NNNN_(pre|post)_name.sql")
@@ -69,45 +85,196 @@ def migrations() -> List[Migration]:
     return found
 
 
-def required_version() -> int:
-    """The schema version this client needs (its newest migration)."""
-    return migrations()[-1].id
+def required_version(folder: Optional[Path] = None) -> int:
+    """The schema version this client needs: its newest ``pre`` migration.
+
+    ``post`` migrations only remove what older clients used, so a client does
+    not wait for them.
+    """
+    pre = [m.id for m in migrations(folder) if m.phase == "pre"]
+    return max(pre) if pre else 0
 
 
-def _applied(conn: psycopg.Connection[Any]) -> Optional[dict[int, str]]:
-    row = conn.execute("select to_regclass('sentinel.migrations') is not null").fetchone()
+@dataclass
+class AppliedMigration:
+    """A row of ``sentinel.migrations``."""
+
+    id: int
+    name: str
+    checksum: str
+    applied_at: datetime
+    applied_by: str
+
+
+@dataclass
+class SchemaStatus:
+    """Where a database stands against this client's migrations."""
+
+    schema_version: Optional[int]
+    required_version: int
+    latest_version: int
+    api_versions: List[int]
+    applied: List[AppliedMigration] = field(default_factory=list)
+    pending: List[Migration] = field(default_factory=list)
+    drifted: List[str] = field(default_factory=list)
+    unknown: List[str] = field(default_factory=list)
+
+    @property
+    def installed(self) -> bool:
+        """Whether the schema exists at all."""
+        return self.schema_version is not None
+
+    def problems(self) -> List[str]:
+        """Why this client cannot use the database as it is (empty when it can)."""
+        out: List[str] = []
+        if self.schema_version is None:
+            out.append(f"the Sentinel schema is not installed: {MIGRATE_HINT}")
+            return out
+        if self.drifted:
+            out.append(
+                "applied migrations differ from this client's files (drift): " + ", ".join(self.drifted)
+            )
+        if self.schema_version < self.required_version:
+            out.append(
+                f"database schema version {self.schema_version} is older than this client needs "
+                f"({self.required_version}): {MIGRATE_HINT}"
+            )
+        if API_VERSION not in self.api_versions:
+            out.append(
+                f"database schema version {self.schema_version} no longer provides protocol v{API_VERSION} "
+                f"(it provides {self.api_versions}): upgrade sentinel-coordination"
+            )
+        return out
+
+    def as_dict(self) -> Dict[str, Any]:
+        """A JSON-ready summary (for ``sentinel status --json``)."""
+        applied = {a.id: a for a in self.applied}
+        rows: List[Dict[str, Any]] = []
+        for m in migrations():
+            a = applied.get(m.id)
+            rows.append({
+                "id": m.id,
+                "name": m.name,
+                "phase": m.phase,
+                "state": "drift" if m.name in self.drifted else ("applied" if a else "pending"),
+                "applied_at": a.applied_at.isoformat() if a else None,
+                "applied_by": a.applied_by if a else None,
+            })
+        for name in self.unknown:
+            rows.append({"id": None, "name": name, "phase": None, "state": "unknown",
+                         "applied_at": None, "applied_by": None})
+        return {
+            "schema_version": self.schema_version,
+            "required_version": self.required_version,
+            "latest_version": self.latest_version,
+            "api_versions": self.api_versions,
+            "client_api_version": API_VERSION,
+            "ok": not self.problems(),
+            "problems": self.problems(),
+            "migrations": rows,
+        }
+
+
+def _version_row(conn: psycopg.Connection[Any]) -> tuple[Optional[int], List[int]]:
+    row = conn.execute(
+        "select to_regprocedure('sentinel.schema_version()') is not null,"
+        " to_regprocedure('sentinel.api_versions()') is not null"
+    ).fetchone()
     if not row or not row[0]:
-        return None
-    return {int(r[0]): str(r[1]) for r in conn.execute("select id, checksum from sentinel.migrations")}
+        return None, []
+    version_row = conn.execute("select sentinel.schema_version()").fetchone()
+    version = int(version_row[0]) if version_row else None
+    if row[1]:
+        api_row = conn.execute("select sentinel.api_versions()").fetchone()
+        apis = sorted(int(v) for v in (api_row[0] if api_row else []))
+    else:
+        apis = [1]  # schema version 1 predates api_versions() and provides _v1
+    return version, apis
 
 
-def init_db(conn: psycopg.Connection[Any]) -> List[str]:
+def status(conn: psycopg.Connection[Any]) -> SchemaStatus:
+    """Compare the database of ``conn`` with this client's migrations."""
+    mine = migrations()
+    with wrap_exceptions():
+        version, apis = _version_row(conn)
+        applied: List[AppliedMigration] = []
+        exists = conn.execute("select to_regclass('sentinel.migrations') is not null").fetchone()
+        if exists and exists[0]:
+            applied = [
+                AppliedMigration(int(r[0]), str(r[1]), str(r[2]), r[3], str(r[4]))
+                for r in conn.execute(
+                    "select id, name, checksum, applied_at, applied_by from sentinel.migrations order by id"
+                )
+            ]
+    by_id = {m.id: m for m in mine}
+    done = {a.id: a for a in applied}
+    drifted = [by_id[a.id].name for a in applied if a.id in by_id and by_id[a.id].checksum != a.checksum]
+    unknown = [a.name for a in applied if a.id not in by_id]
+    return SchemaStatus(
+        schema_version=version,
+        required_version=required_version(),
+        latest_version=mine[-1].id if mine else 0,
+        api_versions=apis,
+        applied=applied,
+        pending=[m for m in mine if m.id not in done],
+        drifted=drifted,
+        unknown=unknown,
+    )
+
+
+def check_compatible(conn: psycopg.Connection[Any]) -> SchemaStatus:
+    """Raise :class:`SchemaError` unless this client can use the database as it is.
+
+    Reads only ``schema_version()`` and ``api_versions()``, which every role
+    may call, so an application role needs no access to the ledger.
+    """
+    mine = migrations()
+    with wrap_exceptions():
+        version, apis = _version_row(conn)
+    st = SchemaStatus(schema_version=version, required_version=required_version(),
+                      latest_version=mine[-1].id if mine else 0, api_versions=apis)
+    problems = st.problems()
+    if problems:
+        raise SchemaError("; ".join(problems))
+    return st
+
+
+def init_db(conn: psycopg.Connection[Any], *, to: Optional[int] = None) -> List[str]:
     """Install or upgrade the Sentinel schema in the database of ``conn``.
 
-    Applies every pending migration, each in its own transaction, and records
-    it with its checksum in ``sentinel.migrations``. Safe to call many times and
-    from several processes at once: installers are serialised by an advisory
-    lock, and a second one finds nothing to do. Raises :class:`SchemaError` if
-    an applied migration differs from the file this client ships.
+    Applies every pending migration (up to and including ``to``, when given),
+    each in its own transaction together with its row in
+    ``sentinel.migrations`` (id, name, SHA-256 checksum). Safe to call many
+    times and from several processes at once: installers are serialised by an
+    advisory lock, and a second one finds nothing to do.
 
-    ``conn`` must not be inside a transaction; it is left in autocommit mode as
-    it was found. Returns the names of the migrations applied.
+    Raises :class:`SchemaError` when an applied migration differs from the
+    file this client ships (drift), or when the database is newer than this
+    client and no longer provides its protocol version. A database that is
+    newer but compatible is left alone.
+
+    ``conn`` must not be inside a transaction; its autocommit setting is
+    restored afterwards. Returns the names of the migrations applied.
     """
-    from ._conn import autocommit
-
-    todo = migrations()
+    todo = [m for m in migrations() if to is None or m.id <= to]
     done: List[str] = []
     with wrap_exceptions(), autocommit(conn):
         conn.execute(_LOCK_SQL)
         try:
-            applied = _applied(conn) or {}
+            st = status(conn)
+            if st.drifted:
+                raise SchemaError(
+                    "applied migrations differ from this client's files, the schema has drifted: "
+                    + ", ".join(st.drifted)
+                )
+            if st.unknown:
+                if API_VERSION not in st.api_versions:
+                    raise SchemaError(st.problems()[-1])
+                logger.info("sentinel: the database has migrations this client does not know (%s); it still "
+                            "provides protocol v%s, nothing to do", ", ".join(st.unknown), API_VERSION)
+            applied = {a.id for a in st.applied}
             for m in todo:
                 if m.id in applied:
-                    if applied[m.id] != m.checksum:
-                        raise SchemaError(
-                            f"migration {m.name} was applied with checksum {applied[m.id][:12]}…, "
-                            f"but this client's file has {m.checksum[:12]}…: the schema has drifted"
-                        )
                     continue
                 with conn.transaction():
                     conn.execute(m.sql.encode("utf-8"), prepare=False)

@@ -24,7 +24,9 @@ __all__ = [
     "ReconcileRefused",
     "InvalidResponse",
     "NotBegun",
+    "UnknownRole",
     "DatabaseUnavailable",
+    "PermissionDenied",
     "SchemaError",
     "TransactionInProgress",
     "KeyMismatch",
@@ -113,6 +115,20 @@ class NotBegun(SentinelError):
     """complete was called for a claim that was never begun (SQLSTATE SN011)."""
 
     sqlstate = "SN011"
+
+
+class UnknownRole(InvalidArgument):
+    """``grant_v1`` was given a role that does not exist (SQLSTATE SN012)."""
+
+    sqlstate = "SN012"
+
+
+class PermissionDenied(SentinelError, PermissionError):
+    """The database role may not call a Sentinel function (SQLSTATE 42501).
+
+    The schema owner gives an application role what it needs with
+    ``select sentinel.grant_v1('role')`` or ``sentinel grant ROLE``.
+    """
 
 
 class DatabaseUnavailable(SentinelError, ConnectionError):

@@ -4,6 +4,9 @@
 -- This file runs inside one transaction (the installer wraps it; with psql use
 -- `psql --single-transaction -f`).
 
+set local lock_timeout = '10s';
+set local statement_timeout = '60s';
+
 create schema sentinel;
 comment on schema sentinel is
     'Sentinel: at-most-once execution coordination. Call the functions; the tables are not an interface.';

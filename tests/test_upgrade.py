@@ -1,0 +1,99 @@
+"""Upgrades: every prefix of the migration chain reaches head with keys intact; _v1 beside _v2."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+import psycopg
+import pytest
+
+import sentinel
+from sentinel import SchemaError
+
+NS = "upgrade"
+
+
+def _setup_keys(conn: psycopg.Connection[Any]) -> Dict[str, int]:
+    """Keys in every interesting state, made through the SQL API of the old version."""
+    fences: Dict[str, int] = {}
+
+    def acquire(key: str) -> int:
+        row = conn.execute("select fence from sentinel.acquire_v1(%s, %s, 'old-worker', 60000)", (NS, key)).fetchone()
+        assert row is not None
+        fences[key] = int(row[0])
+        return fences[key]
+
+    conn.execute("select sentinel.complete_v1(%s, 'done', %s, '{\"charge\": \"ch_old\"}')", (NS, acquire("done")))
+    acquire("running")
+    conn.execute("select sentinel.fail_v1(%s, 'failed', %s, '{\"e\": 1}')", (NS, acquire("failed")))
+    return fences
+
+
+@pytest.mark.parametrize("prefix", [m.id for m in sentinel.migrations()[:-1]])
+def test_every_prefix_upgrades_to_head_and_keeps_keys(empty_db: Callable[[], str], prefix: int) -> None:
+    dsn = empty_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        sentinel.init_db(conn, to=prefix)
+        assert conn.execute("select sentinel.schema_version()").fetchone() == (prefix,)
+        fences = _setup_keys(conn)
+        applied = sentinel.init_db(conn)
+        assert applied == [m.name for m in sentinel.migrations() if m.id > prefix]
+
+        with sentinel.Sentinel(conninfo=dsn, namespace=NS) as s:
+            replay = s.once("done", lambda: pytest.fail("a completed key must replay"))
+            assert replay.replayed and replay.response == {"charge": "ch_old"} and replay.fence == fences["done"]
+            assert s.once("running", lambda: pytest.fail("an in-flight key must not run")).execution_alive
+            retried = s.once("failed", lambda: "second attempt")
+            assert retried.response == "second attempt" and retried.fence > fences["failed"]
+
+        # Fencing survives the upgrade: the old owner completes with its fence; a stale one changes nothing.
+        stale = conn.execute("select outcome from sentinel.complete_v1(%s, 'running', %s, '1')",
+                             (NS, fences["running"] - 1)).fetchone()
+        assert stale == ("stale",)
+        late = conn.execute("select outcome from sentinel.complete_v1(%s, 'running', %s, '{\"late\": true}')",
+                            (NS, fences["running"])).fetchone()
+        assert late == ("recorded",)
+
+
+# A future release, simulated: a pre migration adds acquire_v2 beside acquire_v1,
+# and a later post migration removes _v1.
+_PRE_V2 = """
+create function sentinel.acquire_v2(namespace text, key text, owner text, ttl_ms bigint)
+    returns sentinel.acquire_result_v1 language sql security definer set search_path = pg_catalog, pg_temp
+    as $$ select * from sentinel.acquire_v1(namespace, key, owner, ttl_ms) $$;
+create or replace function sentinel.api_versions() returns integer[] language sql immutable
+    set search_path = pg_catalog, pg_temp as $$ select array[1, 2] $$;
+create or replace function sentinel.schema_version() returns integer language sql immutable
+    set search_path = pg_catalog, pg_temp as $$ select 3 $$;
+insert into sentinel.migrations (id, name, checksum) values (3, '0003_pre_acquire_v2', 'future');
+"""
+_POST_DROP_V1 = """
+create or replace function sentinel.api_versions() returns integer[] language sql immutable
+    set search_path = pg_catalog, pg_temp as $$ select array[2] $$;
+create or replace function sentinel.schema_version() returns integer language sql immutable
+    set search_path = pg_catalog, pg_temp as $$ select 4 $$;
+insert into sentinel.migrations (id, name, checksum) values (4, '0004_post_drop_v1', 'future');
+"""
+
+
+def test_v1_client_works_beside_v2_and_is_refused_after_v1_is_dropped(empty_db: Callable[[], str]) -> None:
+    dsn = empty_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        sentinel.init_db(conn)
+        conn.execute(_PRE_V2)
+        assert sentinel.init_db(conn) == [], "a newer but compatible database is left alone"
+        st = sentinel.status(conn)
+        assert st.unknown == ["0003_pre_acquire_v2"] and st.problems() == []
+
+    with sentinel.Sentinel(conninfo=dsn, namespace=NS) as s:
+        assert s.once("k", lambda: "v1 client").response == "v1 client"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("select outcome from sentinel.acquire_v2(%s, 'k', 'v2-client', 1000)", (NS,)).fetchone()
+        assert row == ("completed",), "a v2 client replays what a v1 client recorded"
+        conn.execute(_POST_DROP_V1)
+        with pytest.raises(SchemaError, match="no longer provides protocol v1"):
+            sentinel.init_db(conn)
+
+    with sentinel.Sentinel(conninfo=dsn, namespace=NS) as s, \
+            pytest.raises(SchemaError, match="upgrade sentinel-coordination"):
+        s.once("k2", lambda: pytest.fail("must not run against an incompatible schema"))
