@@ -352,9 +352,14 @@ class Sentinel:
             if outcome != "acquired":
                 return self._observed(ns, key, outcome, fence, state, attempt, response, error, hard_at)
             deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
-            return self._execute(
-                conn, ns, key, fence, attempt, ttl, claimed_at, hard_at, deadline, fn, args, kwargs, pass_context
-            )
+            if self._source.hold_during_fn:
+                return self._execute(
+                    conn, ns, key, fence, attempt, ttl, claimed_at, hard_at, deadline, fn, args, kwargs, pass_context
+                )
+        # A pooled connection goes back while the function runs; recording takes a fresh one.
+        return self._execute(
+            None, ns, key, fence, attempt, ttl, claimed_at, hard_at, deadline, fn, args, kwargs, pass_context
+        )
 
     def _observed(
         self, ns: str, key: str, outcome: str, fence: int, state: str, attempt: int,
@@ -376,11 +381,11 @@ class Sentinel:
         raise SentinelError(f"unexpected acquire outcome {outcome!r}")  # pragma: no cover
 
     def _execute(
-        self, conn: psycopg.Connection[Any], ns: str, key: str, fence: int, attempt: int, ttl: int,
+        self, conn: Optional[psycopg.Connection[Any]], ns: str, key: str, fence: int, attempt: int, ttl: int,
         claimed_at: datetime, hard_at: datetime, deadline: float,
         fn: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], pass_context: bool,
     ) -> Result:
-        lease = Lease(ns, key, fence, ttl)
+        lease = Lease(ns, key, fence, ttl, deadline)
         ctx = ExecutionContext(ns, key, fence, attempt, claimed_at, hard_at, lease)
         log_extra = {"sentinel_namespace": ns, "sentinel_key": key, "sentinel_fence": fence}
         self._heartbeat.register(lease)
@@ -446,7 +451,7 @@ class Sentinel:
                       hard_expires_at=hard_at)
 
     def _record(
-        self, conn: psycopg.Connection[Any], sql: str, params: Tuple[Any, ...], deadline: float,
+        self, conn: Optional[psycopg.Connection[Any]], sql: str, params: Tuple[Any, ...], deadline: float,
         log_extra: Dict[str, Any],
     ) -> Optional[Tuple[Any, ...]]:
         """Run a recording call, retrying on connection loss until ``deadline``.
@@ -476,7 +481,7 @@ class Sentinel:
                 delay = min(delay * 2, 1.0)
 
     def _abandon(
-        self, conn: psycopg.Connection[Any], ns: str, key: str, fence: int, reason: str,
+        self, conn: Optional[psycopg.Connection[Any]], ns: str, key: str, fence: int, reason: str,
         log_extra: Dict[str, Any], *, deadline: Optional[float],
     ) -> bool:
         """Mark our execution uncertain; True if the database recorded it."""

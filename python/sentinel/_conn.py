@@ -104,9 +104,17 @@ def autocommit(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any
 class Source:
     """A supply of connections for protocol calls and for the heartbeat."""
 
+    #: Keep the call's connection while the user's function runs (True when
+    #: getting another one costs a new connection), or give it back (a pool).
+    hold_during_fn = True
+
     def connection(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
         """A connection for one call, in autocommit mode, given back afterwards."""
         raise NotImplementedError
+
+    def dedicated(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        """A connection of the heartbeat's own, never competing with calls for a pool slot."""
+        return self.connection()
 
     def close(self) -> None:
         """Release what this source holds."""
@@ -135,11 +143,30 @@ class GetConnSource(Source):
 
 
 class PoolSource(Source):
-    """Borrows connections from a ``psycopg_pool.ConnectionPool``."""
+    """Borrows connections from a ``psycopg_pool.ConnectionPool``.
+
+    A call gives its connection back while the user's function runs, and the
+    heartbeat opens its own connection with the pool's settings: a pool full of
+    running executions must not starve the heartbeat that keeps them alive.
+    """
+
+    hold_during_fn = False
 
     def __init__(self, pool: Any, *, owned: bool = False) -> None:
         self._pool = pool
         self._owned = owned
+
+    @contextlib.contextmanager
+    def dedicated(self) -> Iterator[psycopg.Connection[Any]]:
+        kwargs = dict(getattr(self._pool, "kwargs", None) or {})
+        kwargs["autocommit"] = True
+        with wrap_exceptions():
+            conn = psycopg.connect(self._pool.conninfo, **kwargs)
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:

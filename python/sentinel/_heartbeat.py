@@ -21,10 +21,13 @@ HEARTBEAT_SQL = "select alive, state, lease_expires_at from sentinel.heartbeat_v
 class Lease:
     """The heartbeat's view of one running execution."""
 
-    __slots__ = ("namespace", "key", "fence", "interval", "lost", "lost_reason", "id", "beats", "lease_expires_at")
+    __slots__ = ("namespace", "key", "fence", "interval", "lost", "lost_reason", "id", "beats", "lease_expires_at",
+                 "deadline")
 
-    def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int) -> None:
+    def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int, deadline: Optional[float] = None) -> None:
         self.namespace = namespace
+        #: time.monotonic() value of the hard deadline (estimated from the database clock)
+        self.deadline = deadline
         self.key = key
         self.fence = fence
         # Renew three times per lease, but not more often than every 10 ms.
@@ -106,6 +109,28 @@ class Heartbeater:
                 timeout = (self._heap[0][0] - now) if self._heap else None
                 self._cond.wait(timeout)
 
+    def _registered(self, lease: Lease) -> bool:
+        with self._cond:
+            return lease.id in self._leases
+
+    def _lose(self, lease: Lease, why: str) -> None:
+        lease.lost_reason = why
+        logger.warning(
+            "sentinel: %s/%s lost its lease under fence %s (%s)", lease.namespace, lease.key, lease.fence, why,
+            extra={"sentinel_namespace": lease.namespace, "sentinel_key": lease.key, "sentinel_fence": lease.fence},
+        )
+        lease.lost.set()
+        self.unregister(lease)
+
+    def _unreachable(self, lease: Lease) -> None:
+        """The renewal did not reach the database: retry soon, or give up after the hard deadline."""
+        if lease.deadline is not None and time.monotonic() >= lease.deadline:
+            # No renewal can succeed past the hard deadline: tell the function,
+            # even though the database cannot be asked.
+            self._lose(lease, "hard deadline passed while the database was unreachable")
+        else:
+            self._reschedule(lease, min(lease.interval, 0.2))
+
     def _idle(self) -> bool:
         with self._cond:
             return not self._leases
@@ -124,9 +149,11 @@ class Heartbeater:
                 if due is None:
                     return
                 for lease in due:
+                    if not self._registered(lease):
+                        continue  # finished while this round was being picked
                     if conn is None:
                         try:
-                            conn_cm = self._source.connection()
+                            conn_cm = self._source.dedicated()
                             conn = conn_cm.__enter__()
                         except Exception as exc:
                             conn_cm = conn = None
@@ -134,7 +161,7 @@ class Heartbeater:
                                 "sentinel: heartbeat cannot connect (%s); retrying", exc,
                                 extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
                             )
-                            self._reschedule(lease, min(lease.interval, 0.2))
+                            self._unreachable(lease)
                             continue
                     try:
                         row = conn.execute(HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence)).fetchone()
@@ -151,21 +178,14 @@ class Heartbeater:
                             lease.namespace, lease.key, exc,
                             extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
                         )
-                        self._reschedule(lease, min(lease.interval, 0.2))
+                        self._unreachable(lease)
                         continue
                     lease.beats += 1
                     if row is not None and row[0]:
                         lease.lease_expires_at = row[2]
                         self._reschedule(lease, lease.interval)
-                    else:
-                        lease.lost_reason = f"lease lost (state now {row[1] if row else None})"
-                        logger.warning(
-                            "sentinel: %s/%s lost its lease under fence %s (state %s)",
-                            lease.namespace, lease.key, lease.fence, row[1] if row else None,
-                            extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
-                        )
-                        lease.lost.set()
-                        self.unregister(lease)
+                    elif self._registered(lease):
+                        self._lose(lease, f"state now {row[1] if row else None}")
                 if conn_cm is not None and self._idle():
                     # Nothing in flight: give the connection back until needed.
                     try:

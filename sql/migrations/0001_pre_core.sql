@@ -144,6 +144,22 @@ $$;
 comment on function sentinel._check_text(text, text, integer) is
     'Raises SN004 when a required text argument (owner, actor, reason) is empty or too long.';
 
+-- Why a lapsed execution is uncertain: heartbeats carried its lease up to the
+-- hard deadline, or its worker stopped renewing it.
+create function sentinel._lapse_reason(e sentinel.executions) returns text
+    language sql immutable
+    set search_path = pg_catalog, pg_temp
+    as $$
+    select case
+        when e.lease_expires_at >= e.hard_expires_at
+             and e.hard_expires_at > e.claimed_at + e.ttl_ms * interval '1 millisecond'
+        then 'hard deadline passed'
+        else 'lease expired'
+    end
+$$;
+comment on function sentinel._lapse_reason(sentinel.executions) is
+    'uncertain_reason of a lapsed execution: hard deadline passed when heartbeats had carried the lease to it, else lease expired.';
+
 -- A decided outcome for an existing row that needs no write, or NULL when the
 -- caller may claim (or must mark the row uncertain) under a row lock.
 create function sentinel._observe(e sentinel.executions, p_fingerprint text, p_now timestamptz)
@@ -288,7 +304,9 @@ begin
         -- The function started and its lease lapsed: the outcome is unknown.
         -- Never run it again on our own; the late owner may still complete.
         update sentinel.executions x
-           set state = 'uncertain', uncertain_reason = 'lease expired', updated_at = v_now
+           set state = 'uncertain',
+               uncertain_reason = sentinel._lapse_reason(x),
+               updated_at = v_now
          where x.namespace = p_ns and x.key = p_key
         returning * into e;
         return sentinel._acquire_result('uncertain', e, v_now);
@@ -312,6 +330,9 @@ begin
            error = null,
            error_permanent = false,
            uncertain_reason = null,
+           reconciled_by = null,
+           reconciled_at = null,
+           reconcile_reason = null,
            updated_at = v_now
      where x.namespace = p_ns and x.key = p_key
     returning * into e;
@@ -606,7 +627,7 @@ create function sentinel._execution(e sentinel.executions, p_now timestamptz)
         case when e.state = 'executing' and e.lease_expires_at <= p_now then 'uncertain' else e.state end,
         e.state, e.fence, e.owner, e.attempt, e.fingerprint, e.ttl_ms, e.claimed_at, e.started_at,
         e.lease_expires_at, e.hard_expires_at, e.finished_at, e.response, e.error, e.error_permanent,
-        case when e.state = 'executing' and e.lease_expires_at <= p_now then 'lease expired'
+        case when e.state = 'executing' and e.lease_expires_at <= p_now then sentinel._lapse_reason(e)
              else e.uncertain_reason end,
         e.reconciled_by, e.reconciled_at, e.reconcile_reason, e.updated_at, p_now
     )::sentinel.execution_v1
@@ -655,8 +676,10 @@ begin
             quote_literal(list_v1.state)
             using errcode = 'SN006';
     end if;
-    if list_v1.older_than_ms is not null and list_v1.older_than_ms < 0 then
-        raise exception 'sentinel: older_than_ms must be >= 0' using errcode = 'SN003';
+    if list_v1.older_than_ms is not null
+       and (list_v1.older_than_ms < 0 or list_v1.older_than_ms > 3153600000000) then
+        raise exception 'sentinel: older_than_ms must be between 0 and 3153600000000 (100 years)'
+            using errcode = 'SN003';
     end if;
     if list_v1.max_rows is null or list_v1.max_rows < 1 or list_v1.max_rows > 10000 then
         raise exception 'sentinel: max_rows must be between 1 and 10000' using errcode = 'SN006';
@@ -675,7 +698,7 @@ end
 $$;
 comment on function sentinel.list_v1(text, text, bigint, integer) is
     'Execution records of a namespace, oldest change first, filtered by effective state and by age of the last change. '
-    'Raises SN002, SN003 (older_than_ms), SN006 (state, max_rows 1..10000).';
+    'Raises SN002, SN003 (older_than_ms 0..100 years), SN006 (state, max_rows 1..10000).';
 
 create type sentinel.reconcile_result_v1 as (
     previous_state  text,
@@ -786,8 +809,10 @@ declare
     v_n   bigint;
 begin
     perform sentinel._check_namespace(purge_v1.namespace);
-    if purge_v1.older_than_ms is null or purge_v1.older_than_ms < 0 then
-        raise exception 'sentinel: older_than_ms must be >= 0' using errcode = 'SN003';
+    if purge_v1.older_than_ms is null or purge_v1.older_than_ms < 0
+       or purge_v1.older_than_ms > 3153600000000 then
+        raise exception 'sentinel: older_than_ms must be between 0 and 3153600000000 (100 years)'
+            using errcode = 'SN003';
     end if;
     if purge_v1.batch_size is null or purge_v1.batch_size < 1 or purge_v1.batch_size > 100000 then
         raise exception 'sentinel: batch_size must be between 1 and 100000' using errcode = 'SN006';
@@ -811,7 +836,7 @@ $$;
 comment on function sentinel.purge_v1(text, bigint, integer) is
     'Deletes up to batch_size completed or failed records of a namespace finished at least older_than_ms ago; '
     'returns how many. Call again until it returns 0. Fences stay unique after a purge. '
-    'Raises SN002, SN003 (older_than_ms), SN006 (batch_size 1..100000).';
+    'Raises SN002, SN003 (older_than_ms 0..100 years), SN006 (batch_size 1..100000).';
 
 create function sentinel.schema_version() returns integer
     language sql immutable

@@ -1,0 +1,109 @@
+-- 01-structure: the objects of schema sentinel, their comments, their security
+-- settings, and the test clock itself.
+\set ON_ERROR_STOP true
+\set QUIET 1
+\pset format unaligned
+\pset tuples_only true
+\pset pager off
+
+begin;
+select plan(30);
+\ir _clock.psql
+
+-- Objects.
+select has_schema('sentinel', 'schema sentinel exists');
+select has_table('sentinel', 'executions', 'table sentinel.executions exists');
+select col_is_pk('sentinel', 'executions', array['namespace', 'key'], 'one execution record per (namespace, key)');
+select has_sequence('sentinel', 'fence_seq', 'sequence sentinel.fence_seq exists');
+select is((select seqcycle from pg_sequence where seqrelid = 'sentinel.fence_seq'::regclass), false,
+          'fence_seq never cycles, so a fence is never reused');
+
+-- The public API with its exact argument types (the _v1 signature is frozen).
+select has_function('sentinel', 'acquire_v1', array['text', 'text', 'text', 'bigint', 'bigint', 'boolean', 'text'], 'acquire_v1(namespace, key, owner, ttl_ms, hard_ttl_ms, start, fingerprint)');
+select has_function('sentinel', 'begin_v1', array['text', 'text', 'bigint'], 'begin_v1(namespace, key, fence)');
+select has_function('sentinel', 'heartbeat_v1', array['text', 'text', 'bigint'], 'heartbeat_v1(namespace, key, fence)');
+select has_function('sentinel', 'complete_v1', array['text', 'text', 'bigint', 'jsonb'], 'complete_v1(namespace, key, fence, response)');
+select has_function('sentinel', 'fail_v1', array['text', 'text', 'bigint', 'jsonb', 'boolean'], 'fail_v1(namespace, key, fence, error, permanent)');
+select has_function('sentinel', 'abandon_v1', array['text', 'text', 'bigint', 'text'], 'abandon_v1(namespace, key, fence, reason)');
+select has_function('sentinel', 'inspect_v1', array['text', 'text'], 'inspect_v1(namespace, key)');
+select has_function('sentinel', 'list_v1', array['text', 'text', 'bigint', 'integer'], 'list_v1(namespace, state, older_than_ms, max_rows)');
+select has_function('sentinel', 'reconcile_v1', array['text', 'text', 'text', 'text', 'text', 'jsonb', 'jsonb', 'boolean'], 'reconcile_v1(namespace, key, action, actor, reason, response, error, force)');
+select has_function('sentinel', 'purge_v1', array['text', 'bigint', 'integer'], 'purge_v1(namespace, older_than_ms, batch_size)');
+select has_function('sentinel', 'schema_version', array[]::text[], 'schema_version()');
+select is(sentinel.schema_version(), (select max(id) from sentinel.migrations),
+          'schema_version() is the newest migration recorded in the ledger');
+
+-- Result types of the API.
+select results_eq(
+    $$ select t.typname::text collate "default" from pg_type t
+        where t.typnamespace = 'sentinel'::regnamespace and t.typtype = 'c'
+          and t.typname like '%\_v1' order by 1 $$,
+    $$ values ('abandon_result_v1'), ('acquire_result_v1'), ('execution_v1'), ('finish_result_v1'),
+              ('heartbeat_result_v1'), ('reconcile_result_v1') $$,
+    'the six _v1 result types exist');
+
+-- Every function comments itself.
+select is_empty(
+    $$ select p.oid::regprocedure::text from pg_proc p
+        where p.pronamespace = 'sentinel'::regnamespace
+          and coalesce(btrim(obj_description(p.oid, 'pg_proc')), '') = '' $$,
+    'every function in schema sentinel has a COMMENT');
+
+-- Owner's rights: exactly the protocol functions are SECURITY DEFINER, and
+-- every one of them pins search_path to pg_catalog, pg_temp (temp last).
+select results_eq(
+    $$ select p.proname::text collate "default" from pg_proc p
+        where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef order by 1 $$,
+    $$ values ('abandon_v1'), ('acquire_v1'), ('begin_v1'), ('complete_v1'), ('fail_v1'), ('heartbeat_v1'),
+              ('inspect_v1'), ('list_v1'), ('purge_v1'), ('reconcile_v1') $$,
+    'exactly the ten protocol functions are SECURITY DEFINER');
+select is_empty(
+    $$ select p.oid::regprocedure::text from pg_proc p
+        where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef
+          and coalesce(p.proconfig, '{}') <> array['search_path=pg_catalog, pg_temp'] $$,
+    'every SECURITY DEFINER function pins search_path = pg_catalog, pg_temp');
+select is_empty(
+    $$ select p.oid::regprocedure::text from pg_proc p
+        where p.pronamespace = 'sentinel'::regnamespace and p.proname like '\_%'
+          and p.proname <> '_now'
+          and coalesce(p.proconfig, '{}') <> array['search_path=pg_catalog, pg_temp'] $$,
+    'every private helper called under owner''s rights pins search_path too (_now() is replaced by this test)');
+
+-- Storage invariants enforced by the table itself.
+select col_has_check('sentinel', 'executions', 'state', 'state has a CHECK constraint');
+select is(
+    (select pg_get_constraintdef(c.oid) from pg_constraint c
+      where c.conrelid = 'sentinel.executions'::regclass and c.conname = 'executions_lease_within_hard_check'),
+    'CHECK ((lease_expires_at <= hard_expires_at))',
+    'invariant 6 is a CHECK constraint: lease_expires_at <= hard_expires_at');
+
+-- The test clock: replacing sentinel._now() inside this transaction takes
+-- effect at once, in direct calls and inside the SECURITY DEFINER functions.
+select is(sentinel._now(), timestamptz '2030-01-01 00:00:00+00', 'the fake clock starts at t0');
+call pg_temp.advance(1500);
+select is(sentinel._now(), pg_temp.at(1500), 'advance moves the fake clock by exactly 1500 ms');
+select results_eq(
+    $$ select now, claimed_at, lease_expires_at, hard_expires_at
+         from sentinel.acquire_v1('structure', 'clock', 'w1', 1000) $$,
+    $$ values (pg_temp.at(1500), pg_temp.at(1500), pg_temp.at(2500), pg_temp.at(2500)) $$,
+    'acquire_v1 (SECURITY DEFINER) takes its times from the fake clock');
+select results_eq(
+    $$ select state, now from sentinel.inspect_v1('structure', 'clock') $$,
+    $$ values ('executing', pg_temp.at(1500)) $$,
+    'inspect_v1 reads the fake clock too');
+
+-- A second replacement after the functions have run (and cached their plans)
+-- takes effect on the next call: the plan cache is invalidated by the change.
+create or replace function sentinel._now() returns timestamptz
+    language sql volatile
+    as $$ select t + interval '1 day' from pg_temp.test_clock $$;
+select is((sentinel.acquire_v1('structure', 'clock2', 'w1', 1000)).now, pg_temp.at(1500) + interval '1 day',
+          'a replaced sentinel._now() is used by the very next call of acquire_v1');
+create or replace function sentinel._now() returns timestamptz
+    language sql volatile
+    as $$ select t from pg_temp.test_clock $$;
+select is((sentinel.acquire_v1('structure', 'clock3', 'w1', 1000)).now, pg_temp.at(1500),
+          'restoring the clock is seen at once as well');
+
+select * from finish();
+rollback;
