@@ -10,25 +10,14 @@ begin;
 select plan(38);
 \ir _clock.psql
 
--- How many subtransactions of this backend have a transaction id (PGPROC's
--- subxid cache, as pg_stat_get_backend_subxact reports it; PostgreSQL 16+).
--- Raises when the cache overflowed, because the count is then no longer exact.
+-- How many transaction ids this backend holds: every (sub)transaction that is
+-- given an id holds a lock on it (locktype transactionid) while it is open, so
+-- it is counted inside the savepoint. Works on every supported version.
 create function pg_temp.subxacts() returns integer
-    language plpgsql volatile
+    language sql volatile
     as $$
-declare
-    n integer;
-    over boolean;
-begin
-    perform pg_stat_clear_snapshot();
-    select s.subxact_count, s.subxact_overflowed into n, over
-      from pg_stat_get_backend_idset() b, pg_stat_get_backend_subxact(b) s
-     where pg_stat_get_backend_pid(b) = pg_backend_pid();
-    if over then
-        raise exception 'subxid cache overflowed: the replay check would be unsound';
-    end if;
-    return n;
-end
+    select count(*)::integer from pg_locks
+     where pid = pg_backend_pid() and locktype = 'transactionid' and granted
 $$;
 
 -- The stored row with its system columns: ctid moves on any UPDATE, xmax is
@@ -183,7 +172,7 @@ select results_eq(
 -- pg_current_xact_id_if_assigned() cannot show it here: the setup above
 -- already gave this (never committed) transaction an id. So the replays run in
 -- a savepoint and we count the subtransactions that were given a transaction
--- id (pg_stat_get_backend_subxact). PostgreSQL assigns a (sub)transaction id
+-- id (each holds a transactionid lock). PostgreSQL assigns a (sub)transaction id
 -- on the first INSERT/UPDATE/DELETE and on the first row lock (SELECT ... FOR
 -- UPDATE); a count unchanged across the savepoint proves the replays wrote and
 -- locked nothing at all. nextval() is the one write that takes the top-level
@@ -201,8 +190,9 @@ select (sentinel.acquire_v1('acq', 'done', 'r', 1000)).outcome as o_done,
        (sentinel.acquire_v1('acq', 'alive', 'r', 1000)).outcome as o_alive,
        (sentinel.acquire_v1('acq', 'e1', 'r', 1000)).outcome as o_unc,
        (sentinel.acquire_v1('acq', 'perm', 'r', 1000)).outcome as o_perm \gset
+select pg_temp.subxacts() as sx1 \gset
 release savepoint replay;
-select pg_temp.subxacts() as sx1,
+select
        (select last_value from sentinel.fence_seq) as seq1,
        jsonb_build_array(pg_temp.snapx('acq', 'done'), pg_temp.snapx('acq', 'alive'),
                          pg_temp.snapx('acq', 'e1'), pg_temp.snapx('acq', 'perm')) as rows1 \gset
@@ -218,9 +208,10 @@ call pg_temp.advance(1000);
 select pg_temp.subxacts() as sx2 \gset
 savepoint takeover;
 select (sentinel.acquire_v1('acq', 'control', 'w2', 1000)).outcome as o_ctl \gset
+select pg_temp.subxacts() as sx3 \gset
 release savepoint takeover;
 select results_eq(
-    format($$ select pg_temp.subxacts() - %s, %L::text $$, :sx2, :'o_ctl'),
+    format($$ select %s - %s, %L::text $$, :sx3, :sx2, :'o_ctl'),
     $$ values (1, 'acquired') $$,
     'control: a takeover run the same way is seen (one more subtransaction with an id)');
 
