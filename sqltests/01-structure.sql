@@ -39,8 +39,8 @@ select results_eq(
         where t.typnamespace = 'sentinel'::regnamespace and t.typtype = 'c'
           and t.typname like '%\_v1' order by 1 $$,
     $$ values ('abandon_result_v1'), ('acquire_result_v1'), ('execution_v1'), ('finish_result_v1'),
-              ('heartbeat_result_v1'), ('reconcile_result_v1') $$,
-    'the six _v1 result types exist');
+              ('heartbeat_result_v1'), ('reconcile_result_v1'), ('stats_v1') $$,
+    'the seven _v1 result types exist');
 
 -- Every function comments itself.
 select is_empty(
@@ -49,14 +49,16 @@ select is_empty(
           and coalesce(btrim(obj_description(p.oid, 'pg_proc')), '') = '' $$,
     'every function in schema sentinel has a COMMENT');
 
--- Owner's rights: exactly the protocol functions are SECURITY DEFINER, and
--- every one of them pins search_path to pg_catalog, pg_temp (temp last).
+-- Owner's rights: exactly the protocol functions (and the event-log trigger)
+-- are SECURITY DEFINER, and every one of them pins search_path to
+-- pg_catalog, pg_temp (temp last).
 select results_eq(
     $$ select p.proname::text collate "default" from pg_proc p
         where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef order by 1 $$,
-    $$ values ('abandon_v1'), ('acquire_v1'), ('begin_v1'), ('complete_v1'), ('fail_v1'), ('heartbeat_v1'),
-              ('inspect_v1'), ('list_v1'), ('purge_v1'), ('reconcile_v1') $$,
-    'exactly the ten protocol functions are SECURITY DEFINER');
+    $$ values ('_log_transition'), ('abandon_v1'), ('acquire_v1'), ('begin_v1'), ('complete_v1'),
+              ('events_v1'), ('fail_v1'), ('heartbeat_v1'), ('inspect_v1'), ('list_v1'), ('purge_events_v1'),
+              ('purge_v1'), ('reconcile_v1'), ('stats_v1') $$,
+    'exactly the protocol functions and the event-log trigger are SECURITY DEFINER');
 select is_empty(
     $$ select p.oid::regprocedure::text from pg_proc p
         where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef

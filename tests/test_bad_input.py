@@ -193,7 +193,7 @@ def test_sql_errors_map_to_classes(client: sentinel.Sentinel) -> None:
 def test_every_sqlstate_maps_to_one_class() -> None:
     from sentinel.errors import from_sqlstate
 
-    codes = ["SN001", "SN002", "SN003", "SN004", "SN005", "SN006", "SN007", "SN008", "SN009", "SN011", "SN012"]
+    codes = ["SN001", "SN002", "SN003", "SN004", "SN005", "SN006", "SN007", "SN008", "SN009", "SN011", "SN012", "SN013"]
     classes: List[Callable[..., Any]] = [from_sqlstate(c) for c in codes]  # type: ignore[misc]
     assert None not in classes and len(set(classes)) == len(codes)
     assert all(issubclass(c, sentinel.SentinelError) for c in classes)  # type: ignore[arg-type]

@@ -64,33 +64,34 @@ create function sentinel.acquire_v2(namespace text, key text, owner text, ttl_ms
 create or replace function sentinel.api_versions() returns integer[] language sql immutable
     set search_path = pg_catalog, pg_temp as $$ select array[1, 2] $$;
 create or replace function sentinel.schema_version() returns integer language sql immutable
-    set search_path = pg_catalog, pg_temp as $$ select 3 $$;
-insert into sentinel.migrations (id, name, checksum) values (3, '0003_pre_acquire_v2', 'future');
+    set search_path = pg_catalog, pg_temp as $$ select {pre} $$;
+insert into sentinel.migrations (id, name, checksum) values ({pre}, '{pre:04d}_pre_acquire_v2', 'future');
 """
 _POST_DROP_V1 = """
 create or replace function sentinel.api_versions() returns integer[] language sql immutable
     set search_path = pg_catalog, pg_temp as $$ select array[2] $$;
 create or replace function sentinel.schema_version() returns integer language sql immutable
-    set search_path = pg_catalog, pg_temp as $$ select 4 $$;
-insert into sentinel.migrations (id, name, checksum) values (4, '0004_post_drop_v1', 'future');
+    set search_path = pg_catalog, pg_temp as $$ select {post} $$;
+insert into sentinel.migrations (id, name, checksum) values ({post}, '{post:04d}_post_drop_v1', 'future');
 """
+PRE, POST = len(sentinel.migrations()) + 1, len(sentinel.migrations()) + 2
 
 
 def test_v1_client_works_beside_v2_and_is_refused_after_v1_is_dropped(empty_db: Callable[[], str]) -> None:
     dsn = empty_db()
     with psycopg.connect(dsn, autocommit=True) as conn:
         sentinel.init_db(conn)
-        conn.execute(_PRE_V2)
+        conn.execute(_PRE_V2.replace("{pre}", str(PRE)).replace("{pre:04d}", f"{PRE:04d}").encode())
         assert sentinel.init_db(conn) == [], "a newer but compatible database is left alone"
         st = sentinel.status(conn)
-        assert st.unknown == ["0003_pre_acquire_v2"] and st.problems() == []
+        assert st.unknown == [f"{PRE:04d}_pre_acquire_v2"] and st.problems() == []
 
     with sentinel.Sentinel(conninfo=dsn, namespace=NS) as s:
         assert s.once("k", lambda: "v1 client").response == "v1 client"
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("select outcome from sentinel.acquire_v2(%s, 'k', 'v2-client', 1000)", (NS,)).fetchone()
         assert row == ("completed",), "a v2 client replays what a v1 client recorded"
-        conn.execute(_POST_DROP_V1)
+        conn.execute(_POST_DROP_V1.replace("{post}", str(POST)).replace("{post:04d}", f"{POST:04d}").encode())
         with pytest.raises(SchemaError, match="no longer provides protocol v1"):
             sentinel.init_db(conn)
 

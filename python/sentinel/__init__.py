@@ -14,8 +14,10 @@ alive::
 from __future__ import annotations
 
 from ._client import ExecutionContext, LeaseLost, Result, Sentinel, current_execution
+from ._events import EVENT_KINDS, DidNotHappen, Event, Happened, Observer, Probe, ProbeAnswer, UncertainKey, Unknown
 from ._schema import SchemaStatus, check_compatible, init_db, migrations, required_version, sql_dir, status
 from .errors import (
+    AppendOnly,
     DatabaseUnavailable,
     ExecutionNotFound,
     FencedOut,
@@ -46,6 +48,15 @@ __all__ = [
     "ExecutionContext",
     "LeaseLost",
     "current_execution",
+    "Event",
+    "EVENT_KINDS",
+    "Observer",
+    "Probe",
+    "ProbeAnswer",
+    "UncertainKey",
+    "Happened",
+    "DidNotHappen",
+    "Unknown",
     "init_db",
     "status",
     "check_compatible",
@@ -70,6 +81,7 @@ __all__ = [
     "SchemaError",
     "TransactionInProgress",
     "UnknownRole",
+    "AppendOnly",
     "KeyMismatch",
     "ResultNotSerializable",
     "FencedOut",

@@ -19,6 +19,18 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import psycopg
 
 from ._conn import GetConn, GetConnSource, PoolSource, Source, conninfo_source, wrap_exceptions
+from ._events import (
+    DidNotHappen,
+    Event,
+    Happened,
+    Observer,
+    Probe,
+    ProbeAnswer,
+    UncertainKey,
+    Unknown,
+    emit,
+    probe_name,
+)
 from ._heartbeat import Heartbeater, Lease
 from ._schema import check_compatible
 from .errors import (
@@ -28,6 +40,7 @@ from .errors import (
     InvalidNamespace,
     InvalidTTL,
     KeyMismatch,
+    ReconcileRefused,
     ResultNotSerializable,
     SentinelError,
 )
@@ -216,8 +229,14 @@ class Sentinel:
     With ``check_schema`` (the default) the first call checks, once, that the
     database's schema is recent enough for this client and still provides its
     protocol version, and raises :class:`SchemaError` naming the command to
-    run if not. Call :meth:`close` (or use ``with``) to stop the heartbeat thread and close
-    a private pool.
+    run if not.
+
+    ``observers`` are callables receiving an :class:`Event` for every
+    acquired, replayed, alive, uncertain, completed, failed, fenced,
+    lease_lost and reconciled key (see :meth:`add_observer`); ``on_uncertain``
+    is a probe applied when a caller meets an uncertain key (see
+    :meth:`once`). Call :meth:`close` (or use ``with``) to stop the heartbeat
+    thread and close a private pool.
     """
 
     def __init__(
@@ -233,6 +252,8 @@ class Sentinel:
         pool_size: int = 10,
         connect_timeout: float = 10.0,
         check_schema: bool = True,
+        observers: Sequence[Observer] = (),
+        on_uncertain: Optional[Probe] = None,
     ) -> None:
         given = [x is not None for x in (get_conn, pool, conninfo)]
         if sum(given) != 1:
@@ -252,13 +273,28 @@ class Sentinel:
             assert conninfo is not None
             source = conninfo_source(conninfo, max_size=pool_size, timeout=connect_timeout)
         self._source = source
-        self._heartbeat = Heartbeater(source)
+        self._observers: List[Observer] = list(observers)
+        self._on_uncertain = on_uncertain
+        self._heartbeat = Heartbeater(source, on_lost=self._lease_lost)
         self._owner_pid = -1
         self._owner = ""
         self._lock = threading.Lock()
         self._schema_ok = not check_schema
 
     # -- lifecycle ---------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(event)`` for every :class:`Event` from now on."""
+        if not callable(observer):
+            raise TypeError("an observer must be callable")
+        self._observers.append(observer)
+
+    def _emit(self, kind: str, ns: str, key: str, fence: Optional[int] = None, attempt: Optional[int] = None,
+              duration_s: Optional[float] = None, error: Optional[BaseException] = None, **details: Any) -> None:
+        emit(self._observers, Event(kind, ns, key, fence, attempt, duration_s, error, details))
+
+    def _lease_lost(self, lease: Lease) -> None:
+        self._emit("lease_lost", lease.namespace, lease.key, lease.fence, reason=lease.lost_reason)
 
     def close(self) -> None:
         """Stop the heartbeat thread and close the private pool, if any."""
@@ -313,6 +349,7 @@ class Sentinel:
         hard_ttl_ms: Optional[int] = None,
         fingerprint: Optional[str] = None,
         pass_context: bool = False,
+        on_uncertain: Optional[Probe] = None,
     ) -> Result:
         """Run ``fn(*args, **kwargs)`` at most once for ``key`` and return a :class:`Result`.
 
@@ -331,6 +368,14 @@ class Sentinel:
         pass. ``fingerprint``, when given, is stored with the claim; a later
         call with another fingerprint raises :class:`KeyMismatch`. With
         ``pass_context`` the function is called as ``fn(ctx, *args, **kwargs)``.
+
+        ``on_uncertain`` (default: the ``Sentinel``'s) is a probe called with an
+        :class:`UncertainKey` when the key is uncertain. It asks the real system
+        and answers :class:`Happened` (its response is recorded through
+        ``reconcile_v1`` and replayed), :class:`DidNotHappen` (the key is
+        released and the function runs now) or :class:`Unknown` (the result
+        stays uncertain). The probe is recorded as the reconcile's actor; the
+        role needs the operator grant.
         """
         key = _check_key(key)
         if not callable(fn):
@@ -341,8 +386,46 @@ class Sentinel:
 
             raise InvalidText("fingerprint must be a str of 1 to 200 characters")
         kwargs = dict(kwargs) if kwargs is not None else {}
-        ns = self.namespace
+        result = self._attempt(key, fn, args, kwargs, ttl, hard, fingerprint, pass_context)
+        probe = on_uncertain or self._on_uncertain
+        if not result.uncertain or probe is None:
+            return result
+        return self._probe(probe, result, key, fn, args, kwargs, ttl, hard, fingerprint, pass_context)
 
+    def _probe(
+        self, probe: Probe, result: Result, key: str, fn: Callable[..., Any], args: Sequence[Any],
+        kwargs: Dict[str, Any], ttl: int, hard: int, fingerprint: Optional[str], pass_context: bool,
+    ) -> Result:
+        """Ask ``probe`` about an uncertain key and apply its answer through reconcile_v1."""
+        record = self.inspect(key) or {}
+        info = UncertainKey(self.namespace, key, result.fence or 0, result.attempt or 0, record)
+        try:
+            answer: ProbeAnswer = probe(info)
+        except Exception as exc:
+            logger.exception("sentinel: probe %r failed for %s/%s", probe, self.namespace, key)
+            answer = Unknown(f"the probe raised {type(exc).__name__}: {exc}")
+        actor = probe_name(probe)
+        try:
+            if isinstance(answer, Happened):
+                self.reconcile(key, action="completed", response=answer.response, actor=actor,
+                               reason="probe: the effect happened")
+            elif isinstance(answer, DidNotHappen):
+                self.reconcile(key, action="release", actor=actor, reason=f"probe: {answer.reason}"[:1000])
+            else:
+                self._emit("uncertain", self.namespace, key, result.fence, result.attempt,
+                           reason=getattr(answer, "reason", "unknown"), probe=actor)
+                return result
+        except ReconcileRefused:
+            # Somebody resolved the key meanwhile: what it is now is the answer.
+            pass
+        return self._attempt(key, fn, args, kwargs, ttl, hard, fingerprint, pass_context)
+
+    def _attempt(
+        self, key: str, fn: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any],
+        ttl: int, hard: int, fingerprint: Optional[str], pass_context: bool,
+    ) -> Result:
+        """One acquire, and the run when it is ours."""
+        ns = self.namespace
         with self._source.connection() as conn:
             self._check_schema(conn)
             with wrap_exceptions():
@@ -351,6 +434,7 @@ class Sentinel:
             outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
             if outcome != "acquired":
                 return self._observed(ns, key, outcome, fence, state, attempt, response, error, hard_at)
+            self._emit("acquired", ns, key, fence, attempt)
             deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
             if self._source.hold_during_fn:
                 return self._execute(
@@ -365,6 +449,12 @@ class Sentinel:
         self, ns: str, key: str, outcome: str, fence: int, state: str, attempt: int,
         response: Any, error: Any, hard_at: Optional[datetime],
     ) -> Result:
+        if outcome in ("completed", "alive", "uncertain", "failed"):
+            kind = "replayed" if outcome in ("completed", "failed") else outcome
+            if outcome == "failed":
+                self._emit(kind, ns, key, fence, attempt, failed=True)
+            else:
+                self._emit(kind, ns, key, fence, attempt)
         if outcome == "completed":
             return Result(ns, key, state, response=response, replayed=True, fence=fence, attempt=attempt)
         if outcome == "alive":
@@ -390,14 +480,17 @@ class Sentinel:
         log_extra = {"sentinel_namespace": ns, "sentinel_key": key, "sentinel_fence": fence}
         self._heartbeat.register(lease)
         token = _current.set(ctx)
+        started = time.perf_counter()
         try:
             value = fn(ctx, *args, **kwargs) if pass_context else fn(*args, **kwargs)
         except Exception as exc:
             self._heartbeat.unregister(lease)
+            took = time.perf_counter() - started
             rec = self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc), False), deadline, log_extra)
             if rec is not None and rec[0] == "stale":
-                logger.warning("sentinel: %s/%s failed under a stale fence %s; the failure was not recorded",
-                               ns, key, fence, extra=log_extra)
+                self._emit("fenced", ns, key, fence, attempt, took, exc, state=rec[1])
+            else:
+                self._emit("failed", ns, key, fence, attempt, took, exc, persisted=rec is not None)
             raise
         except BaseException as exc:
             # KeyboardInterrupt, SystemExit, ...: the function may have had effects.
@@ -407,6 +500,7 @@ class Sentinel:
         finally:
             _current.reset(token)
         self._heartbeat.unregister(lease)
+        took = time.perf_counter() - started
 
         try:
             text = self._dumps(value)
@@ -437,16 +531,19 @@ class Sentinel:
                 value=value, recorded=recorded,
             ) from exc
         if rec is None:
+            self._emit("completed", ns, key, fence, attempt, took, persisted=False)
             logger.error("sentinel: %s/%s ran under fence %s but its response could not be recorded before the "
                          "hard deadline; other callers will see it uncertain", ns, key, fence, extra=log_extra)
             return Result(ns, key, "executing", response=recorded_value, fence=fence, attempt=attempt,
                           persisted=False, hard_expires_at=hard_at)
         if rec[0] == "stale":
+            self._emit("fenced", ns, key, fence, attempt, took, state=rec[1])
             raise FencedOut(
                 f"{ns}/{key}: the function ran under fence {fence}, but the key was reconciled meanwhile "
                 f"(state now {rec[1]}); its response was not recorded",
                 response=recorded_value, fence=fence, state=rec[1],
             )
+        self._emit("completed", ns, key, fence, attempt, took, persisted=True)
         return Result(ns, key, "completed", response=recorded_value, fence=fence, attempt=attempt,
                       hard_expires_at=hard_at)
 
@@ -495,7 +592,10 @@ class Sentinel:
             logger.error("sentinel: could not mark %s/%s uncertain (database unavailable); it will read "
                          "uncertain once its lease lapses", ns, key, extra=log_extra)
             return False
-        logger.warning("sentinel: %s/%s marked %s: %s", ns, key, rec[0], reason, extra=log_extra)
+        if rec[0] == "uncertain":
+            self._emit("uncertain", ns, key, fence, reason=reason)
+        else:
+            logger.warning("sentinel: %s/%s marked %s: %s", ns, key, rec[0], reason, extra=log_extra)
         return rec[0] in ("uncertain", "released")
 
     # -- operator calls ----------------------------------------------------
@@ -540,7 +640,38 @@ class Sentinel:
             names = [d.name for d in (cur.description or [])]
             row = cur.fetchone()
             assert row is not None
+            out = dict(zip(names, row))
+        self._emit("reconciled", self.namespace, key, out.get("fence"), action=action, actor=actor,
+                   reason=reason, previous_state=out.get("previous_state"))
+        return out
+
+    def events(self, key: str, *, max_rows: int = 1000) -> List[Dict[str, Any]]:
+        """The event log of ``key`` (newest ``max_rows``, oldest first): one row per transition."""
+        key = _check_key(key)
+        with self._source.connection() as conn, wrap_exceptions():
+            cur = conn.execute("select * from sentinel.events_v1(%s, %s, %s)", (self.namespace, key, max_rows))
+            names = [d.name for d in (cur.description or [])]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def stats(self) -> Dict[str, Any]:
+        """Records of this namespace by effective state, the oldest uncertain, executions per minute."""
+        with self._source.connection() as conn, wrap_exceptions():
+            cur = conn.execute("select * from sentinel.stats_v1(%s)", (self.namespace,))
+            names = [d.name for d in (cur.description or [])]
+            row = cur.fetchone()
+            assert row is not None
             return dict(zip(names, row))
+
+    def purge_events(self, older_than_ms: int, *, batch_size: int = 10000) -> int:
+        """Delete events (of every namespace) older than ``older_than_ms``, in batches; returns the count."""
+        total = 0
+        with self._source.connection() as conn, wrap_exceptions():
+            while True:
+                row = conn.execute("select sentinel.purge_events_v1(%s, %s)", (older_than_ms, batch_size)).fetchone()
+                n = int(row[0]) if row else 0
+                total += n
+                if n < batch_size:
+                    return total
 
     def purge(self, older_than_ms: int, *, batch_size: int = 1000) -> int:
         """Delete completed and failed records finished ``older_than_ms`` ago, in batches; returns the count."""

@@ -7,7 +7,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import psycopg
 
@@ -49,8 +49,9 @@ class Heartbeater:
     decides anything itself: the database does.
     """
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, on_lost: Optional[Callable[[Lease], None]] = None) -> None:
         self._source = source
+        self._on_lost = on_lost
         self._cond = threading.Condition()
         self._heap: List[Tuple[float, int]] = []
         self._leases: Dict[int, Lease] = {}
@@ -121,6 +122,11 @@ class Heartbeater:
         )
         lease.lost.set()
         self.unregister(lease)
+        if self._on_lost is not None:
+            try:
+                self._on_lost(lease)
+            except Exception:
+                logger.exception("sentinel: lease-lost callback failed")
 
     def _unreachable(self, lease: Lease) -> None:
         """The renewal did not reach the database: retry soon, or give up after the hard deadline."""

@@ -25,6 +25,7 @@ __all__ = [
     "InvalidResponse",
     "NotBegun",
     "UnknownRole",
+    "AppendOnly",
     "DatabaseUnavailable",
     "PermissionDenied",
     "SchemaError",
@@ -121,6 +122,12 @@ class UnknownRole(InvalidArgument):
     """``grant_v1`` was given a role that does not exist (SQLSTATE SN012)."""
 
     sqlstate = "SN012"
+
+
+class AppendOnly(SentinelError):
+    """An UPDATE, DELETE or TRUNCATE of the event log was refused (SQLSTATE SN013)."""
+
+    sqlstate = "SN013"
 
 
 class PermissionDenied(SentinelError, PermissionError):
