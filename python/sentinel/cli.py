@@ -1,4 +1,4 @@
-"""The ``sentinel`` command: print, apply and check the schema; grant roles.
+"""The ``sentinel`` command: the schema (print, apply, check, grant) and operations.
 
 Every command takes ``--dsn`` (falling back to ``SENTINEL_DSN``, then
 ``DATABASE_URL``, then libpq's own ``PG*`` variables) and ``--json``. Exit
@@ -124,6 +124,142 @@ def cmd_grant(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+# -- operations ------------------------------------------------------------------
+
+_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(text: str) -> int:
+    """``500ms``, ``45s``, ``10m``, ``2h``, ``30d`` (or plain milliseconds) as milliseconds."""
+    t = text.strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if t.endswith(unit) and t[: -len(unit)].strip().isdigit():
+            return int(t[: -len(unit)]) * _UNITS[unit]
+    if t.isdigit():
+        return int(t)
+    raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 500ms, 45s, 10m, 2h, 30d)")
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+
+
+def _sentinel(args: argparse.Namespace) -> Any:
+    from ._client import Sentinel
+
+    return Sentinel(conninfo=_dsn(args), namespace=args.namespace, pool_size=1, connect_timeout=10.0)
+
+
+def _age(now: Any, then: Any) -> str:
+    if now is None or then is None:
+        return "-"
+    secs = max((now - then).total_seconds(), 0.0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs / size:.1f}{unit}"
+    return f"{secs:.1f}s"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[("" if v is None else str(v)) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
+
+    return "\n".join([line(list(headers))] + [line(r) for r in cells]) + "\n"
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    """List a namespace's execution records by effective state, oldest change first."""
+    with _sentinel(args) as s:
+        rows = s.list(args.state, older_than_ms=args.older_than, max_rows=args.limit)
+    _emit(args, {"namespace": args.namespace, "records": rows}, lambda: _table(
+        ["key", "state", "fence", "attempt", "owner", "changed", "reason"],
+        [[r["key"], r["state"], r["fence"], r["attempt"], r["owner"], _age(r["now"], r["updated_at"]) + " ago",
+          r["uncertain_reason"] or r["reconcile_reason"] or ""] for r in rows],
+    ) if rows else "no records\n", out)
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
+    """Show one key's record and its event history."""
+    with _sentinel(args) as s:
+        record = s.inspect(args.key)
+        events = s.events(args.key) if record is not None or args.json else []
+    if record is None:
+        sys.stderr.write(f"sentinel inspect: no execution record for {args.namespace}/{args.key}\n")
+        return EXIT_FAILED
+
+    def text() -> str:
+        assert record is not None
+        width = max(len(k) for k in record)
+        lines = [f"{k.ljust(width)}  {json.dumps(v) if isinstance(v, (dict, list)) else v}"
+                 for k, v in record.items() if v is not None]
+        lines.append("")
+        lines.append(_table(["at", "fence", "from", "to", "actor", "reason"],
+                            [[e["at"], e["fence"], e["from_state"] or "-", e["to_state"], e["actor"], e["reason"]]
+                             for e in events]).rstrip())
+        return "\n".join(lines) + "\n"
+
+    _emit(args, {"record": record, "events": events}, text, out)
+    return EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace, out: TextIO) -> int:
+    """Resolve a key under a new fence, recording actor and reason."""
+    action = "release" if args.release else args.as_
+    if action is None:
+        sys.stderr.write("sentinel reconcile: say --as completed, --as failed or --release\n")
+        return EXIT_USAGE
+    if action == "completed" and args.response is None:
+        sys.stderr.write("sentinel reconcile: --as completed needs --response JSON\n")
+        return EXIT_USAGE
+    actor = args.actor or _default_actor()
+    with _sentinel(args) as s:
+        before = s.inspect(args.key)
+        result = s.reconcile(args.key, action=action, actor=actor, reason=args.reason,
+                             response=args.response, error=args.error, force=args.force)
+        after = s.inspect(args.key)
+    data = {"namespace": args.namespace, "key": args.key, "action": action, "actor": actor, "reason": args.reason,
+            "before": before, "after": after, **result}
+    _emit(args, data, lambda: (
+        f"{args.namespace}/{args.key}: {result['previous_state']} -> {result['state']}"
+        f" (fence {result['previous_fence']} -> {result['fence']}), by {actor}: {args.reason}\n"), out)
+    return EXIT_OK
+
+
+def _default_actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"[:200]
+    except Exception:  # no user name in this environment: the database user is recorded by the caller
+        return "unknown"
+
+
+def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
+    """Counts by state, the oldest uncertain record, executions per minute."""
+    with _sentinel(args) as s:
+        st = s.stats()
+    _emit(args, st, lambda: "".join(f"{k:<22} {v}\n" for k, v in st.items()), out)
+    return EXIT_OK
+
+
+def cmd_purge(args: argparse.Namespace, out: TextIO) -> int:
+    """Delete old completed/failed records of a namespace (or, with --events, old events), in batches."""
+    with _sentinel(args) as s:
+        n = s.purge_events(args.older_than) if args.events else s.purge(args.older_than, batch_size=args.batch)
+    what = "events" if args.events else f"records of {args.namespace}"
+    _emit(args, {"deleted": n, "what": "events" if args.events else "records"},
+          lambda: f"deleted {n} {what}\n", out)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dsn", help="libpq connection string or URL (default: $SENTINEL_DSN, $DATABASE_URL, "
@@ -132,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="sentinel",
-        description="Sentinel schema tools: print, apply and check the SQL; grant roles.",
+        description="Sentinel tools: the schema (sql, migrate, status, check, grant) and "
+                    "operations (list, inspect, reconcile, stats, purge).",
         epilog="Exit codes: 0 ok, 1 check or operation failed, 2 bad usage, 3 database unreachable.",
     )
     from . import __version__
@@ -168,6 +305,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("role", metavar="ROLE")
     p.add_argument("--operator", action="store_true", help="also reconcile and purge")
     p.set_defaults(func=cmd_grant)
+
+    ns = argparse.ArgumentParser(add_help=False)
+    ns.add_argument("-n", "--namespace", default=os.environ.get("SENTINEL_NAMESPACE", "default"),
+                    help="namespace (default: $SENTINEL_NAMESPACE or 'default')")
+
+    p = sub.add_parser("list", parents=[common, ns], help="records by state", description=cmd_list.__doc__)
+    p.add_argument("--state", choices=["claimed", "executing", "completed", "failed", "uncertain"])
+    p.add_argument("--older-than", type=duration_ms, metavar="AGE", help="last change at least AGE ago (10m, 2h)")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("inspect", parents=[common, ns], help="a record and its history",
+                       description=cmd_inspect.__doc__)
+    p.add_argument("key", metavar="KEY")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("reconcile", parents=[common, ns], help="resolve an uncertain, failed or stuck key",
+                       description=(cmd_reconcile.__doc__ or "") + " Refuses keys that are not uncertain, failed "
+                       "or a lapsed claim unless --force.")
+    p.add_argument("key", metavar="KEY")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--as", dest="as_", choices=["completed", "failed"], help="record this outcome")
+    how.add_argument("--release", action="store_true", help="allow a new attempt")
+    p.add_argument("--response", type=_json_arg, metavar="JSON", help="the response, with --as completed")
+    p.add_argument("--error", type=_json_arg, metavar="JSON", help="the error document, with --as failed")
+    p.add_argument("--reason", required=True, help="why (recorded)")
+    p.add_argument("--actor", help="who (recorded; default: OS user@host)")
+    p.add_argument("--force", action="store_true", help="also keys that are completed or running")
+    p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("stats", parents=[common, ns], help="counts by state", description=cmd_stats.__doc__)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("purge", parents=[common, ns], help="retention", description=cmd_purge.__doc__)
+    p.add_argument("--older-than", type=duration_ms, required=True, metavar="AGE", help="e.g. 30d")
+    p.add_argument("--batch", type=int, default=1000, help="rows per batch (default 1000)")
+    p.add_argument("--events", action="store_true", help="purge the event log (all namespaces) instead")
+    p.set_defaults(func=cmd_purge)
     return parser
 
 
@@ -183,7 +358,10 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
         sys.stderr.write(f"sentinel {args.command}: database unavailable: {exc}\n")
         return EXIT_UNAVAILABLE
     except (SentinelError, psycopg.Error) as exc:
-        sys.stderr.write(f"sentinel {args.command}: {str(exc).strip()}\n")
+        message = str(exc).strip()
+        if message.startswith("sentinel: "):
+            message = message[len("sentinel: "):]
+        sys.stderr.write(f"sentinel {args.command}: {message}\n")
         return EXIT_FAILED
 
 

@@ -1,0 +1,1 @@
+"""Optional integrations: OpenTelemetry (extra ``otel``) and Prometheus (extra ``prometheus``)."""
