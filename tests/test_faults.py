@@ -259,7 +259,8 @@ def test_connection_lost_during_fn_is_recorded_on_a_fresh_one(
         terminated.extend(_terminate(conn, "application_name = %s", app))
         return {"token": token}
 
-    with sentinel.Sentinel(conninfo=make_conninfo(dsn, application_name=app), namespace=namespace) as s:
+    with sentinel.Sentinel(conninfo=make_conninfo(dsn, application_name=app), namespace=namespace,
+                           fingerprints=False) as s:
         result = s.once(key, fn, ttl_ms=5000)
         assert terminated, "no connection of the client was found to terminate"
         assert result.completed and result.persisted and not result.replayed
@@ -301,7 +302,7 @@ def test_database_unreachable_past_hard_deadline(
         _terminate(conn, "pid = %s", flaky.made[0].info.backend_pid)
         return {"token": token}
 
-    with sentinel.Sentinel(get_conn=flaky, namespace=namespace) as s:
+    with sentinel.Sentinel(get_conn=flaky, namespace=namespace, fingerprints=False) as s:
         result = s.once(key, fn, ttl_ms=300, hard_ttl_ms=1000)
         assert result.persisted is False and not result.completed
         assert result.response == {"token": token} and not result.replayed and result.fence is not None

@@ -13,12 +13,13 @@ alive::
 
 from __future__ import annotations
 
-from ._client import ExecutionContext, LeaseLost, Result, Sentinel, current_execution
+from ._client import ExecutionContext, LeaseLost, Result, Sentinel, Transaction, current_execution, unwrap
 from ._events import EVENT_KINDS, DidNotHappen, Event, Happened, Observer, Probe, ProbeAnswer, UncertainKey, Unknown
 from ._schema import SchemaStatus, check_compatible, init_db, migrations, required_version, sql_dir, status
 from .errors import (
     AppendOnly,
     DatabaseUnavailable,
+    ExecutionInProgress,
     ExecutionNotFound,
     FencedOut,
     InvalidArgument,
@@ -31,6 +32,8 @@ from .errors import (
     InvalidTTL,
     KeyMismatch,
     NotBegun,
+    OutcomeUncertain,
+    PermanentFailure,
     PermissionDenied,
     ReconcileRefused,
     ResultNotSerializable,
@@ -48,6 +51,11 @@ __all__ = [
     "ExecutionContext",
     "LeaseLost",
     "current_execution",
+    "Transaction",
+    "unwrap",
+    "ExecutionInProgress",
+    "OutcomeUncertain",
+    "PermanentFailure",
     "Event",
     "EVENT_KINDS",
     "Observer",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -14,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import psycopg
 
@@ -33,13 +35,19 @@ from ._events import (
 )
 from ._heartbeat import Heartbeater, Lease
 from ._schema import check_compatible
+from ._support import Listener, ResponseCache, auto_fingerprint, default_dumps
 from .errors import (
     DatabaseUnavailable,
+    ExecutionInProgress,
     FencedOut,
+    InvalidArgument,
     InvalidKey,
     InvalidNamespace,
+    InvalidText,
     InvalidTTL,
     KeyMismatch,
+    OutcomeUncertain,
+    PermanentFailure,
     ReconcileRefused,
     ResultNotSerializable,
     SentinelError,
@@ -47,23 +55,40 @@ from .errors import (
 
 logger = logging.getLogger("sentinel")
 
-__all__ = ["Sentinel", "Result", "ExecutionContext", "LeaseLost", "current_execution"]
+__all__ = ["Sentinel", "Result", "ExecutionContext", "LeaseLost", "Transaction", "current_execution", "unwrap"]
 
 MAX_KEY_BYTES = 1024
 MAX_TTL_MS = 2_592_000_000  # 30 days
+MAX_RETAIN_MS = 3_153_600_000_000  # 100 years
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
 
 _ACQUIRE_SQL = (
     "select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at,"
     " hard_expires_at, now from sentinel.acquire_v1(%s, %s, %s, %s, %s, true, %s)"
 )
-_COMPLETE_SQL = "select outcome, state from sentinel.complete_v1(%s, %s, %s, %s::jsonb)"
-_FAIL_SQL = "select outcome, state from sentinel.fail_v1(%s, %s, %s, %s::jsonb, %s)"
+_COMPLETE_SQL = "select outcome, state from sentinel.complete_v2(%s, %s, %s, %s::jsonb, %s)"
+_FAIL_SQL = "select outcome, state from sentinel.fail_v2(%s, %s, %s, %s::jsonb, %s, %s)"
 _ABANDON_SQL = "select outcome, state from sentinel.abandon_v1(%s, %s, %s, %s)"
 
 _current: contextvars.ContextVar[Optional[ExecutionContext]] = contextvars.ContextVar(
     "sentinel_execution", default=None
 )
+
+
+@dataclass(frozen=True)
+class _Call:
+    """The checked arguments of one once() call."""
+
+    key: str
+    fn: Callable[..., Any]
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+    ttl: int
+    hard: int
+    fingerprint: Optional[str]
+    pass_context: bool
+    retain_ms: Optional[int]
+    permanent: Tuple[Type[BaseException], ...]
 
 
 class LeaseLost(SentinelError):
@@ -95,6 +120,8 @@ class Result:
     #: before the hard deadline (the database was unreachable).
     persisted: bool = True
     hard_expires_at: Optional[datetime] = None
+    #: True when the replay came from the local cache, without a round trip.
+    cached: bool = False
 
     @property
     def failed(self) -> bool:
@@ -205,8 +232,83 @@ def _error_document(exc: BaseException) -> str:
     return json.dumps({"type": f"{kind.__module__}.{kind.__qualname__}", "message": message})
 
 
-def _default_dumps(value: Any) -> str:
-    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+def _no_function() -> None:  # pragma: no cover - never called: transaction() runs no function
+    raise AssertionError
+
+
+class Transaction:
+    """The state of a :meth:`Sentinel.transaction` block."""
+
+    def __init__(self, sentinel: Sentinel, conn: psycopg.Connection[Any], call: _Call, outcome: str,
+                 fence: int, state: str, attempt: int, response: Any, error: Any) -> None:
+        self._sentinel = sentinel
+        self._conn = conn
+        self._call = call
+        self.outcome = outcome
+        self.fence = fence
+        self.state = state
+        self.attempt = attempt
+        self.response = response
+        self.error = error
+        self.completed = False
+
+    @property
+    def acquired(self) -> bool:
+        """This block owns the key: do the work, then :meth:`complete`."""
+        return self.outcome == "acquired"
+
+    @property
+    def replayed(self) -> bool:
+        """The key completed before (``response`` holds it) or failed permanently (``error``)."""
+        return self.outcome in ("completed", "failed")
+
+    @property
+    def execution_alive(self) -> bool:
+        """Another worker is running the key with a live lease."""
+        return self.outcome == "alive"
+
+    @property
+    def uncertain(self) -> bool:
+        """An earlier execution's outcome is unknown: reconcile it."""
+        return self.outcome == "uncertain"
+
+    def complete(self, response: Any) -> Any:
+        """Record ``response`` in this transaction; it commits with your writes. Returns it as recorded."""
+        if not self.acquired:
+            raise SentinelError(f"complete() needs an acquired key; this block saw {self.outcome!r}")
+        if self.completed:
+            raise SentinelError("complete() was already called in this block")
+        s, call = self._sentinel, self._call
+        try:
+            text = s._dumps(response)
+            value = s._loads(json.loads(text))
+        except Exception as exc:
+            raise ResultNotSerializable(
+                f"{s.namespace}/{call.key}: the response could not be serialised ({exc}); "
+                "nothing is recorded once the block rolls back", value=response, recorded=False) from exc
+        with wrap_exceptions():
+            row = self._conn.execute(_COMPLETE_SQL, (s.namespace, call.key, self.fence, text, call.retain_ms)
+                                     ).fetchone()
+        if row is None or row[0] != "recorded":
+            raise SentinelError(f"{s.namespace}/{call.key}: complete was refused ({row[0] if row else None})")
+        self.completed = True
+        self.state = "completed"
+        self.response = value
+        s._emit("completed", s.namespace, call.key, self.fence, self.attempt, transactional=True)
+        return value
+
+
+def unwrap(result: Result) -> Any:
+    """The response of a :class:`Result`, or the exception that says why there is none."""
+    if result.execution_alive:
+        raise ExecutionInProgress(f"{result.namespace}/{result.key} is being executed by another worker",
+                                  result=result)
+    if result.uncertain:
+        raise OutcomeUncertain(f"{result.namespace}/{result.key}: the outcome of fence {result.fence} is unknown; "
+                               "reconcile it", result=result)
+    if result.failed:
+        raise PermanentFailure(f"{result.namespace}/{result.key} failed permanently: {result.error}", result=result)
+    return result.response
 
 
 class Sentinel:
@@ -254,6 +356,14 @@ class Sentinel:
         check_schema: bool = True,
         observers: Sequence[Observer] = (),
         on_uncertain: Optional[Probe] = None,
+        loads: Optional[Callable[[Any], Any]] = None,
+        fingerprints: bool = True,
+        retain_ms: Optional[int] = None,
+        permanent_errors: Tuple[Type[BaseException], ...] = (),
+        cache_size: int = 0,
+        cache_ttl_ms: int = 1000,
+        listen: bool = True,
+        poll_interval_ms: int = 100,
     ) -> None:
         given = [x is not None for x in (get_conn, pool, conninfo)]
         if sum(given) != 1:
@@ -263,7 +373,24 @@ class Sentinel:
         self.default_hard_ttl_ms = (
             None if default_hard_ttl_ms is None else _check_ttl("default_hard_ttl_ms", default_hard_ttl_ms)
         )
-        self._dumps = dumps or _default_dumps
+        self._dumps = dumps or default_dumps
+        self._loads: Callable[[Any], Any] = loads or (lambda value: value)
+        self._fingerprints = bool(fingerprints)
+        if retain_ms is not None and (isinstance(retain_ms, bool) or not isinstance(retain_ms, int)
+                                      or not 0 <= retain_ms <= MAX_RETAIN_MS):
+            raise InvalidTTL(f"retain_ms must be None or between 0 and {MAX_RETAIN_MS} ms, got {retain_ms!r}")
+        self._retain_ms = retain_ms
+        if not isinstance(permanent_errors, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in permanent_errors):
+            raise TypeError("permanent_errors must be a tuple of exception classes")
+        self._permanent = permanent_errors
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise InvalidArgument(f"cache_size must be an int >= 0, got {cache_size!r}")
+        cache_ttl_s = _check_ttl("cache_ttl_ms", cache_ttl_ms) / 1000.0
+        self._cache = ResponseCache(cache_size, cache_ttl_s) if cache_size else None
+        self._listen = bool(listen)
+        self._poll_s = _check_ttl("poll_interval_ms", poll_interval_ms) / 1000.0
+        self._listener_obj: Optional[Listener] = None
         source: Source
         if get_conn is not None:
             source = GetConnSource(get_conn)
@@ -297,8 +424,10 @@ class Sentinel:
         self._emit("lease_lost", lease.namespace, lease.key, lease.fence, reason=lease.lost_reason)
 
     def close(self) -> None:
-        """Stop the heartbeat thread and close the private pool, if any."""
+        """Stop the heartbeat and listener threads and close the private pool, if any."""
         self._heartbeat.close()
+        if self._listener_obj is not None:
+            self._listener_obj.close()
         self._source.close()
 
     def __enter__(self) -> Sentinel:
@@ -338,6 +467,36 @@ class Sentinel:
             raise InvalidTTL(f"hard_ttl_ms ({hard}) must be >= ttl_ms ({ttl})")
         return ttl, hard
 
+    def _call(
+        self, key: str, fn: Callable[..., Any], args: Sequence[Any], kwargs: Optional[Mapping[str, Any]],
+        ttl_ms: Optional[int], hard_ttl_ms: Optional[int], fingerprint: Union[str, bool, None],
+        pass_context: bool, retain_ms: Optional[int], permanent: Tuple[Type[BaseException], ...],
+    ) -> _Call:
+        """Check every argument of once() before anything runs or is written."""
+        key = _check_key(key)
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        ttl, hard = self._ttls(ttl_ms, hard_ttl_ms)
+        kw = dict(kwargs) if kwargs is not None else {}
+        fp: Optional[str]
+        if fingerprint is False:
+            fp = None
+        elif fingerprint is None or fingerprint is True:
+            fp = auto_fingerprint(fn, args, kw) if (self._fingerprints or fingerprint is True) else None
+        elif isinstance(fingerprint, str) and 0 < len(fingerprint) <= 200:
+            fp = fingerprint
+        else:
+            raise InvalidText("fingerprint must be a str of 1 to 200 characters, True, False or None")
+        retain = self._retain_ms if retain_ms is None else retain_ms
+        if retain is not None and (isinstance(retain, bool) or not isinstance(retain, int)
+                                   or retain < 0 or retain > MAX_RETAIN_MS):
+            raise InvalidTTL(f"retain_ms must be None or between 0 and {MAX_RETAIN_MS} ms, got {retain!r}")
+        if not isinstance(permanent, tuple) or not all(isinstance(t, type) and issubclass(t, BaseException)
+                                                       for t in permanent):
+            raise TypeError("permanent must be a tuple of exception classes")
+        return _Call(key, fn, tuple(args), kw, ttl, hard, fp, pass_context, retain,
+                     self._permanent + permanent)
+
     def once(
         self,
         key: str,
@@ -347,7 +506,10 @@ class Sentinel:
         *,
         ttl_ms: Optional[int] = None,
         hard_ttl_ms: Optional[int] = None,
-        fingerprint: Optional[str] = None,
+        wait_ms: int = 0,
+        fingerprint: Union[str, bool, None] = None,
+        retain_ms: Optional[int] = None,
+        permanent: Tuple[Type[BaseException], ...] = (),
         pass_context: bool = False,
         on_uncertain: Optional[Probe] = None,
     ) -> Result:
@@ -365,9 +527,22 @@ class Sentinel:
 
         ``ttl_ms`` is the lease (default ``default_ttl_ms``); ``hard_ttl_ms``
         (default ``ttl_ms``) the ceiling from the claim that no heartbeat can
-        pass. ``fingerprint``, when given, is stored with the claim; a later
-        call with another fingerprint raises :class:`KeyMismatch`. With
-        ``pass_context`` the function is called as ``fn(ctx, *args, **kwargs)``.
+        pass. ``wait_ms``: when another worker is running the key, wait up to
+        that long for its outcome (woken by NOTIFY, or polling every
+        ``poll_interval_ms``) and return the replay, or the alive or uncertain
+        state at the deadline.
+
+        ``fingerprint``: by default (when the ``Sentinel`` has
+        ``fingerprints=True``) a hash of ``fn``'s qualified name and the
+        canonical JSON of its arguments is stored with the claim, and a later
+        call with the same key and a different fingerprint raises
+        :class:`KeyMismatch`; give your own text, or ``False`` to opt out for
+        this call. ``retain_ms`` (default the ``Sentinel``'s): the finished
+        record may be purged that long afterwards (``purge_expired``).
+        ``permanent``: exception classes recorded as permanent failures,
+        replayed to later callers instead of re-run (added to the
+        ``Sentinel``'s ``permanent_errors``). With ``pass_context`` the function
+        is called as ``fn(ctx, *args, **kwargs)``.
 
         ``on_uncertain`` (default: the ``Sentinel``'s) is a probe called with an
         :class:`UncertainKey` when the key is uncertain. It asks the real system
@@ -377,26 +552,63 @@ class Sentinel:
         stays uncertain). The probe is recorded as the reconcile's actor; the
         role needs the operator grant.
         """
-        key = _check_key(key)
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        ttl, hard = self._ttls(ttl_ms, hard_ttl_ms)
-        if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint or len(fingerprint) > 200):
-            from .errors import InvalidText
-
-            raise InvalidText("fingerprint must be a str of 1 to 200 characters")
-        kwargs = dict(kwargs) if kwargs is not None else {}
-        result = self._attempt(key, fn, args, kwargs, ttl, hard, fingerprint, pass_context)
+        call = self._call(key, fn, args, kwargs, ttl_ms, hard_ttl_ms, fingerprint, pass_context, retain_ms,
+                          permanent)
+        if isinstance(wait_ms, bool) or not isinstance(wait_ms, int) or wait_ms < 0 or wait_ms > MAX_TTL_MS:
+            raise InvalidTTL(f"wait_ms must be an int between 0 and {MAX_TTL_MS}, got {wait_ms!r}")
+        if self._cache is not None:
+            hit = self._cache.get(self.namespace, call.key)
+            if hit is not None and (call.fingerprint is None or hit[3] is None or hit[3] == call.fingerprint):
+                self._emit("replayed", self.namespace, call.key, hit[1], hit[2], cached=True)
+                return Result(self.namespace, call.key, "completed", response=hit[0], replayed=True, fence=hit[1],
+                              attempt=hit[2], cached=True)
+        result = self._attempt(call)
+        if result.execution_alive and wait_ms > 0:
+            result = self._wait(call, result, wait_ms)
         probe = on_uncertain or self._on_uncertain
-        if not result.uncertain or probe is None:
-            return result
-        return self._probe(probe, result, key, fn, args, kwargs, ttl, hard, fingerprint, pass_context)
+        if result.uncertain and probe is not None:
+            result = self._probe(probe, result, call)
+        return result
 
-    def _probe(
-        self, probe: Probe, result: Result, key: str, fn: Callable[..., Any], args: Sequence[Any],
-        kwargs: Dict[str, Any], ttl: int, hard: int, fingerprint: Optional[str], pass_context: bool,
-    ) -> Result:
+    def _wait(self, call: _Call, result: Result, wait_ms: int) -> Result:
+        """Wait for another worker's outcome: NOTIFY wakes us, polling is the fallback."""
+        deadline = time.monotonic() + wait_ms / 1000.0
+        listener = self._listener()
+        event = listener.register(call.key) if listener is not None else None
+        try:
+            while True:
+                listening = listener is not None and listener.ready.is_set()
+                if event is not None:
+                    event.clear()
+                result = self._attempt(call)
+                if not result.execution_alive:
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return result
+                # With LISTEN a notification wakes us; the timeout is only a safety net.
+                pause = min(remaining, max(self._poll_s, 1.0) if listening else self._poll_s)
+                if event is not None and listening:
+                    event.wait(pause)
+                else:
+                    time.sleep(pause)
+        finally:
+            if listener is not None and event is not None:
+                listener.unregister(call.key, event)
+
+    def _listener(self) -> Optional[Listener]:
+        if not self._listen:
+            return None
+        with self._lock:
+            if self._listener_obj is None:
+                self._listener_obj = Listener(self._source, self.namespace)
+        listener = self._listener_obj
+        listener.ready.wait(2.0)
+        return listener
+
+    def _probe(self, probe: Probe, result: Result, call: _Call) -> Result:
         """Ask ``probe`` about an uncertain key and apply its answer through reconcile_v1."""
+        key = call.key
         record = self.inspect(key) or {}
         info = UncertainKey(self.namespace, key, result.fence or 0, result.attempt or 0, record)
         try:
@@ -418,79 +630,79 @@ class Sentinel:
         except ReconcileRefused:
             # Somebody resolved the key meanwhile: what it is now is the answer.
             pass
-        return self._attempt(key, fn, args, kwargs, ttl, hard, fingerprint, pass_context)
+        return self._attempt(call)
 
-    def _attempt(
-        self, key: str, fn: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any],
-        ttl: int, hard: int, fingerprint: Optional[str], pass_context: bool,
-    ) -> Result:
+    def _attempt(self, call: _Call) -> Result:
         """One acquire, and the run when it is ours."""
-        ns = self.namespace
+        ns, key = self.namespace, call.key
         with self._source.connection() as conn:
             self._check_schema(conn)
             with wrap_exceptions():
-                row = conn.execute(_ACQUIRE_SQL, (ns, key, self.owner, ttl, hard, fingerprint)).fetchone()
+                row = conn.execute(_ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard, call.fingerprint)
+                                   ).fetchone()
             assert row is not None
             outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
             if outcome != "acquired":
-                return self._observed(ns, key, outcome, fence, state, attempt, response, error, hard_at)
+                return self._observed(call, outcome, fence, state, attempt, response, error, hard_at)
             self._emit("acquired", ns, key, fence, attempt)
             deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
             if self._source.hold_during_fn:
-                return self._execute(
-                    conn, ns, key, fence, attempt, ttl, claimed_at, hard_at, deadline, fn, args, kwargs, pass_context
-                )
+                return self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline)
         # A pooled connection goes back while the function runs; recording takes a fresh one.
-        return self._execute(
-            None, ns, key, fence, attempt, ttl, claimed_at, hard_at, deadline, fn, args, kwargs, pass_context
-        )
+        return self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline)
 
     def _observed(
-        self, ns: str, key: str, outcome: str, fence: int, state: str, attempt: int,
+        self, call: _Call, outcome: str, fence: int, state: str, attempt: int,
         response: Any, error: Any, hard_at: Optional[datetime],
     ) -> Result:
-        if outcome in ("completed", "alive", "uncertain", "failed"):
-            kind = "replayed" if outcome in ("completed", "failed") else outcome
-            if outcome == "failed":
-                self._emit(kind, ns, key, fence, attempt, failed=True)
-            else:
-                self._emit(kind, ns, key, fence, attempt)
+        ns, key = self.namespace, call.key
         if outcome == "completed":
-            return Result(ns, key, state, response=response, replayed=True, fence=fence, attempt=attempt)
+            value = self._loads(response)
+            if self._cache is not None:
+                self._cache.put(ns, key, value, fence, attempt, call.fingerprint)
+            self._emit("replayed", ns, key, fence, attempt)
+            return Result(ns, key, state, response=value, replayed=True, fence=fence, attempt=attempt)
+        if outcome == "failed":
+            self._emit("replayed", ns, key, fence, attempt, failed=True)
+            return Result(ns, key, state, replayed=True, error=error, fence=fence, attempt=attempt)
         if outcome == "alive":
+            self._emit("alive", ns, key, fence, attempt)
             return Result(ns, key, state, execution_alive=True, fence=fence, attempt=attempt, hard_expires_at=hard_at)
         if outcome == "uncertain":
+            self._emit("uncertain", ns, key, fence, attempt)
             return Result(ns, key, state, uncertain=True, fence=fence, attempt=attempt, hard_expires_at=hard_at)
-        if outcome == "failed":
-            return Result(ns, key, state, replayed=True, error=error, fence=fence, attempt=attempt)
         if outcome == "mismatch":
             raise KeyMismatch(
-                f"key {ns}/{key} was first used with another fingerprint: a key reused for different work",
+                f"key {ns}/{key} was first used with another fingerprint: a key reused for different work "
+                "(pass fingerprint=False to opt out)",
                 namespace=ns, key=key,
             )
         raise SentinelError(f"unexpected acquire outcome {outcome!r}")  # pragma: no cover
 
     def _execute(
-        self, conn: Optional[psycopg.Connection[Any]], ns: str, key: str, fence: int, attempt: int, ttl: int,
+        self, conn: Optional[psycopg.Connection[Any]], call: _Call, fence: int, attempt: int,
         claimed_at: datetime, hard_at: datetime, deadline: float,
-        fn: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], pass_context: bool,
     ) -> Result:
-        lease = Lease(ns, key, fence, ttl, deadline)
+        ns, key = self.namespace, call.key
+        lease = Lease(ns, key, fence, call.ttl, deadline)
         ctx = ExecutionContext(ns, key, fence, attempt, claimed_at, hard_at, lease)
         log_extra = {"sentinel_namespace": ns, "sentinel_key": key, "sentinel_fence": fence}
         self._heartbeat.register(lease)
         token = _current.set(ctx)
         started = time.perf_counter()
         try:
-            value = fn(ctx, *args, **kwargs) if pass_context else fn(*args, **kwargs)
+            value = call.fn(ctx, *call.args, **call.kwargs) if call.pass_context else call.fn(*call.args, **call.kwargs)
         except Exception as exc:
             self._heartbeat.unregister(lease)
             took = time.perf_counter() - started
-            rec = self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc), False), deadline, log_extra)
+            permanent = isinstance(exc, call.permanent) if call.permanent else False
+            rec = self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc), permanent, call.retain_ms),
+                               deadline, log_extra)
             if rec is not None and rec[0] == "stale":
                 self._emit("fenced", ns, key, fence, attempt, took, exc, state=rec[1])
             else:
-                self._emit("failed", ns, key, fence, attempt, took, exc, persisted=rec is not None)
+                self._emit("failed", ns, key, fence, attempt, took, exc, persisted=rec is not None,
+                           permanent=permanent)
             raise
         except BaseException as exc:
             # KeyboardInterrupt, SystemExit, ...: the function may have had effects.
@@ -506,7 +718,7 @@ class Sentinel:
             text = self._dumps(value)
             if not isinstance(text, str):
                 raise TypeError(f"the serializer returned {type(text).__name__}, not str")
-            recorded_value = json.loads(text)
+            recorded_value = self._loads(json.loads(text))
         except Exception as exc:
             recorded = self._abandon(
                 conn, ns, key, fence, f"result not serialisable: {type(exc).__name__}: {exc}"[:1000],
@@ -519,7 +731,7 @@ class Sentinel:
             ) from exc
 
         try:
-            rec = self._record(conn, _COMPLETE_SQL, (ns, key, fence, text), deadline, log_extra)
+            rec = self._record(conn, _COMPLETE_SQL, (ns, key, fence, text, call.retain_ms), deadline, log_extra)
         except psycopg.DataError as exc:
             # The database refused the JSON (for example a \u0000 escape in jsonb).
             recorded = self._abandon(
@@ -544,6 +756,8 @@ class Sentinel:
                 response=recorded_value, fence=fence, state=rec[1],
             )
         self._emit("completed", ns, key, fence, attempt, took, persisted=True)
+        if self._cache is not None:
+            self._cache.put(ns, key, recorded_value, fence, attempt, call.fingerprint)
         return Result(ns, key, "completed", response=recorded_value, fence=fence, attempt=attempt,
                       hard_expires_at=hard_at)
 
@@ -668,6 +882,115 @@ class Sentinel:
         with self._source.connection() as conn, wrap_exceptions():
             while True:
                 row = conn.execute("select sentinel.purge_events_v1(%s, %s)", (older_than_ms, batch_size)).fetchone()
+                n = int(row[0]) if row else 0
+                total += n
+                if n < batch_size:
+                    return total
+
+    # -- decorator ---------------------------------------------------------
+
+    def idempotent(
+        self,
+        key: Callable[..., str],
+        *,
+        ttl_ms: Optional[int] = None,
+        hard_ttl_ms: Optional[int] = None,
+        wait_ms: int = 0,
+        fingerprint: Union[str, bool, None] = None,
+        retain_ms: Optional[int] = None,
+        permanent: Tuple[Type[BaseException], ...] = (),
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorate a function so each call runs through :meth:`once` and returns the response.
+
+        ``key`` receives the call's arguments and returns the key, for example
+        ``key=lambda order_id, **_: f"order-{order_id}"``. The wrapper returns
+        the (fresh or replayed) response, and raises :class:`ExecutionInProgress`
+        when another worker is running the key (after ``wait_ms``),
+        :class:`OutcomeUncertain` when the key is uncertain, and
+        :class:`PermanentFailure` when a permanent failure is replayed; each
+        carries the :class:`Result`. Exceptions of the function itself are
+        re-raised unchanged.
+        """
+        if not callable(key):
+            raise TypeError("key must be a callable computing the key from the call's arguments")
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                result = self.once(key(*args, **kwargs), fn, args, kwargs, ttl_ms=ttl_ms, hard_ttl_ms=hard_ttl_ms,
+                                   wait_ms=wait_ms, fingerprint=fingerprint, retain_ms=retain_ms,
+                                   permanent=permanent)
+                return unwrap(result)
+
+            return wrapper
+
+        return decorate
+
+    # -- transactional exactly-once ------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(
+        self,
+        key: str,
+        conn: psycopg.Connection[Any],
+        *,
+        ttl_ms: Optional[int] = None,
+        hard_ttl_ms: Optional[int] = None,
+        fingerprint: Optional[str] = None,
+        retain_ms: Optional[int] = None,
+    ) -> Iterator[Transaction]:
+        """Claim ``key``, do your own writes on ``conn``, and record the response, in ONE transaction.
+
+        ::
+
+            with sentinel.transaction("order-17", conn) as tx:
+                if tx.acquired:
+                    conn.execute("insert into orders ...")
+                    tx.complete({"order_id": 17})
+            response = tx.response          # fresh or replayed
+
+        The claim, your writes and the completion commit together when the
+        block ends, or roll back together if it raises (or the process dies):
+        a crash leaves either nothing or everything. If ``conn`` is already in
+        a transaction, the block is a savepoint of it and commits with it.
+        Concurrent callers of the same key *wait*: their acquire blocks on the
+        uncommitted claim until this transaction ends, then replays (or, after
+        a rollback, claims). A block that acquired the key must call
+        :meth:`Transaction.complete`, or it is rolled back with
+        :class:`SentinelError`. ``tx.replayed``, ``tx.execution_alive``
+        (another worker runs it with :meth:`once`), ``tx.uncertain`` say what
+        happened otherwise. No heartbeat runs: keep the block short.
+        """
+        call = self._call(key, _no_function, (), None, ttl_ms, hard_ttl_ms, fingerprint or False, False,
+                          retain_ms, ())
+        ns = self.namespace
+        with wrap_exceptions(), conn.transaction():
+            self._check_schema(conn)
+            row = conn.execute(_ACQUIRE_SQL, (ns, call.key, self.owner, call.ttl, call.hard, call.fingerprint)
+                               ).fetchone()
+            assert row is not None
+            outcome, fence, state, attempt, response, error = row[:6]
+            tx = Transaction(self, conn, call, outcome, fence, state, attempt,
+                             self._loads(response) if outcome == "completed" else None, error)
+            if outcome == "mismatch":
+                self._observed(call, outcome, fence, state, attempt, None, None, None)
+            self._emit("acquired" if outcome == "acquired" else ("replayed" if outcome in ("completed", "failed")
+                                                                  else outcome), ns, call.key, fence, attempt,
+                       transactional=True)
+            yield tx
+            if tx.acquired and not tx.completed:
+                raise SentinelError(
+                    f"{ns}/{call.key}: the transaction() block acquired the key but did not call "
+                    "tx.complete(response); everything in it was rolled back"
+                )
+
+    def purge_expired(self, *, batch_size: int = 1000) -> int:
+        """Delete this namespace's finished records whose ``retain_ms`` has passed, in batches."""
+        total = 0
+        with self._source.connection() as conn, wrap_exceptions():
+            while True:
+                row = conn.execute("select sentinel.purge_expired_v1(%s, %s)",
+                                   (self.namespace, batch_size)).fetchone()
                 n = int(row[0]) if row else 0
                 total += n
                 if n < batch_size:

@@ -251,12 +251,18 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_purge(args: argparse.Namespace, out: TextIO) -> int:
-    """Delete old completed/failed records of a namespace (or, with --events, old events), in batches."""
+    """Delete old completed/failed records of a namespace, expired ones, or old events, in batches."""
+    if args.older_than is None and not args.expired:
+        sys.stderr.write("sentinel purge: say --older-than AGE, or --expired\n")
+        return EXIT_USAGE
     with _sentinel(args) as s:
-        n = s.purge_events(args.older_than) if args.events else s.purge(args.older_than, batch_size=args.batch)
-    what = "events" if args.events else f"records of {args.namespace}"
-    _emit(args, {"deleted": n, "what": "events" if args.events else "records"},
-          lambda: f"deleted {n} {what}\n", out)
+        if args.events:
+            n, what = s.purge_events(args.older_than), "events"
+        elif args.expired:
+            n, what = s.purge_expired(batch_size=args.batch), f"expired records of {args.namespace}"
+        else:
+            n, what = s.purge(args.older_than, batch_size=args.batch), f"records of {args.namespace}"
+    _emit(args, {"deleted": n, "what": what}, lambda: f"deleted {n} {what}\n", out)
     return EXIT_OK
 
 
@@ -339,9 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("purge", parents=[common, ns], help="retention", description=cmd_purge.__doc__)
-    p.add_argument("--older-than", type=duration_ms, required=True, metavar="AGE", help="e.g. 30d")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--older-than", type=duration_ms, metavar="AGE", help="finished at least AGE ago (e.g. 30d)")
+    what.add_argument("--expired", action="store_true", help="records whose retain_ms has passed")
     p.add_argument("--batch", type=int, default=1000, help="rows per batch (default 1000)")
-    p.add_argument("--events", action="store_true", help="purge the event log (all namespaces) instead")
+    p.add_argument("--events", action="store_true", help="with --older-than: the event log (all namespaces)")
     p.set_defaults(func=cmd_purge)
     return parser
 

@@ -32,6 +32,9 @@ __all__ = [
     "TransactionInProgress",
     "KeyMismatch",
     "ResultNotSerializable",
+    "ExecutionInProgress",
+    "OutcomeUncertain",
+    "PermanentFailure",
     "FencedOut",
     "from_sqlstate",
 ]
@@ -161,6 +164,25 @@ class KeyMismatch(SentinelError):
         super().__init__(message)
         self.namespace = namespace
         self.key = key
+
+
+class _ResultError(SentinelError):
+    def __init__(self, message: str, *, result: Any) -> None:
+        super().__init__(message)
+        #: the :class:`sentinel.Result` of the call
+        self.result = result
+
+
+class ExecutionInProgress(_ResultError):
+    """Raised by ``@idempotent`` functions: another worker is running the key now."""
+
+
+class OutcomeUncertain(_ResultError):
+    """Raised by ``@idempotent`` functions: the key's outcome is unknown until reconciled."""
+
+
+class PermanentFailure(_ResultError):
+    """Raised by ``@idempotent`` functions: a failure recorded as permanent is replayed."""
 
 
 class ResultNotSerializable(SentinelError, TypeError):

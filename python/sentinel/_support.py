@@ -1,0 +1,160 @@
+"""Pieces of once() that are not the protocol: serialisation, fingerprints, the local cache, waiting."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from psycopg import sql
+
+from ._conn import Source
+
+logger = logging.getLogger("sentinel")
+
+
+# -- serialisation ------------------------------------------------------------
+
+
+def encode_default(value: Any) -> Any:
+    """``json.dumps`` ``default=``: dataclass instances become dicts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def default_dumps(value: Any) -> str:
+    """The default serializer: JSON without NaN/Infinity; dataclasses as objects."""
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"), default=encode_default)
+
+
+# -- fingerprints -----------------------------------------------------------------
+
+
+def auto_fingerprint(fn: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[str]:
+    """A stable hash of the function's qualified name and the canonical JSON of its arguments.
+
+    None when the arguments do not serialise to JSON (no fingerprint is stored
+    then, rather than one that would differ between processes).
+    """
+    target = getattr(fn, "__func__", fn)
+    name = f"{getattr(target, '__module__', None)}.{getattr(target, '__qualname__', type(target).__qualname__)}"
+    try:
+        payload = json.dumps([list(args), kwargs], sort_keys=True, separators=(",", ":"), allow_nan=False,
+                             ensure_ascii=True, default=encode_default)
+    except (TypeError, ValueError):
+        return None
+    return "v1:" + hashlib.sha256(f"{name}\n{payload}".encode()).hexdigest()[:40]
+
+
+# -- local cache ------------------------------------------------------------------
+
+
+class ResponseCache:
+    """A per-process LRU of completed responses, each kept at most ``ttl_s`` seconds."""
+
+    def __init__(self, size: int, ttl_s: float) -> None:
+        self.size = size
+        self.ttl_s = ttl_s
+        self._data: collections.OrderedDict[Tuple[str, str], Tuple[float, Any, int, int, Optional[str]]] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, ns: str, key: str) -> Optional[Tuple[Any, int, int, Optional[str]]]:
+        """(response, fence, attempt, fingerprint) if cached and fresh."""
+        with self._lock:
+            item = self._data.get((ns, key))
+            if item is None:
+                return None
+            if item[0] <= time.monotonic():
+                del self._data[(ns, key)]
+                return None
+            self._data.move_to_end((ns, key))
+            return item[1:]
+
+    def put(self, ns: str, key: str, response: Any, fence: int, attempt: int, fingerprint: Optional[str]) -> None:
+        with self._lock:
+            self._data[(ns, key)] = (time.monotonic() + self.ttl_s, response, fence, attempt, fingerprint)
+            self._data.move_to_end((ns, key))
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+# -- waiting for another worker's outcome --------------------------------------------
+
+
+def channel(namespace: str) -> str:
+    """The LISTEN channel of a namespace, as sentinel.channel_v1 computes it."""
+    return "sentinel_" + hashlib.md5(namespace.encode("utf-8")).hexdigest()
+
+
+class Listener:
+    """One LISTEN connection per Sentinel; wakes callers waiting for a key's outcome.
+
+    If LISTEN cannot work (the connection fails, or a transaction-pooling
+    PgBouncer is in between), ``ready`` stays unset and waiters poll.
+    """
+
+    def __init__(self, source: Source, namespace: str) -> None:
+        self._source = source
+        self._channel = channel(namespace)
+        self._waiters: Dict[str, List[threading.Event]] = {}
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="sentinel-listener", daemon=True)
+        self._thread.start()
+
+    def register(self, key: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(key, []).append(event)
+        return event
+
+    def unregister(self, key: str, event: threading.Event) -> None:
+        with self._lock:
+            events = self._waiters.get(key)
+            if events and event in events:
+                events.remove(event)
+                if not events:
+                    del self._waiters[key]
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(timeout=3)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._closed:
+            try:
+                with self._source.dedicated() as conn:
+                    conn.execute(sql.SQL("listen {}").format(sql.Identifier(self._channel)))
+                    self.ready.set()
+                    backoff = 0.1
+                    while not self._closed:
+                        for note in conn.notifies(timeout=0.5):
+                            self._wake(note.payload)
+            except Exception as exc:
+                self.ready.clear()
+                if self._closed:
+                    return
+                logger.warning("sentinel: LISTEN connection failed (%s); waiters poll until it is back", exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.ready.clear()
+
+    def _wake(self, key: str) -> None:
+        with self._lock:
+            events = list(self._waiters.get(key, ()))
+        for event in events:
+            event.set()
