@@ -347,9 +347,9 @@ class Sentinel:
         *,
         pool: Any = None,
         conninfo: Optional[str] = None,
-        default_ttl_ms: int = 3000,
+        default_ttl_ms: Optional[int] = None,
         default_hard_ttl_ms: Optional[int] = None,
-        namespace: str = "default",
+        namespace: Optional[str] = None,
         dumps: Optional[Callable[[Any], str]] = None,
         pool_size: int = 10,
         connect_timeout: float = 10.0,
@@ -366,10 +366,20 @@ class Sentinel:
         poll_interval_ms: int = 100,
     ) -> None:
         given = [x is not None for x in (get_conn, pool, conninfo)]
-        if sum(given) != 1:
+        if sum(given) == 0:
+            # Sentinel() with no source: a configured framework (Django) may provide one.
+            from .contrib import framework_defaults
+
+            defaults = framework_defaults()
+            if defaults is None:
+                raise TypeError("Sentinel() needs one of get_conn=, pool= or conninfo= (or a configured Django)")
+            conninfo = defaults["conninfo"]
+            namespace = namespace if namespace is not None else defaults.get("namespace")
+            default_ttl_ms = default_ttl_ms if default_ttl_ms is not None else defaults.get("default_ttl_ms")
+        elif sum(given) != 1:
             raise TypeError("Sentinel() needs exactly one of get_conn=, pool= or conninfo=")
-        self.namespace = _check_namespace(namespace)
-        self.default_ttl_ms = _check_ttl("default_ttl_ms", default_ttl_ms)
+        self.namespace = _check_namespace("default" if namespace is None else namespace)
+        self.default_ttl_ms = _check_ttl("default_ttl_ms", 3000 if default_ttl_ms is None else default_ttl_ms)
         self.default_hard_ttl_ms = (
             None if default_hard_ttl_ms is None else _check_ttl("default_hard_ttl_ms", default_hard_ttl_ms)
         )

@@ -1,0 +1,1 @@
+"""Sentinel for Django (placeholder until the integration lands)."""
