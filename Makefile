@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean
+.PHONY: help venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages
 
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
 	@echo "make test        pytest and the pgTAP suite against a throwaway PostgreSQL"
 	@echo "make check       ruff, mypy --strict, squawk on the migrations"
+	@echo "make test-other-languages  the psql and Node.js clients and the cross-language race (needs node, npm)"
 	@echo "make pgtap-deps  install pgTAP and pg_prove (Debian, as root)"
 
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +29,12 @@ pytest: venv
 
 pgtap: venv
 	$(PY) tests/pgserver.py pgtap
+
+test-other-languages: venv
+	npm ci --prefix examples/node
+	$(PY) tests/pgserver.py run -- bash examples/psql/test.sh
+	$(PY) tests/pgserver.py run -- bash -c 'cd examples/node && npm test'
+	$(PY) tests/pgserver.py pytest tests/test_cross_language.py -q
 
 demo: venv
 	$(PY) examples/demo.py

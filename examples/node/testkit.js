@@ -1,0 +1,137 @@
+// Shared by the tests (kept out of test/, where node --test would run it as a test file): a pool on the test database, the schema, unique
+// namespaces, and waits on real conditions with deadlines.
+
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+import pg from 'pg';
+
+import { connectionConfig } from './sentinel.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const EXAMPLE_DIR = here;
+export const ROOT = path.resolve(EXAMPLE_DIR, '..', '..');
+
+/** The test database: SENTINEL_TEST_DSN, else libpq's PG* variables ('-'). */
+export const DSN = process.env.SENTINEL_TEST_DSN || '-';
+
+export function makePool(max = 6) {
+  const pool = new pg.Pool({
+    ...connectionConfig(DSN), max, application_name: 'sentinel-node-test',
+  });
+  pool.on('error', () => {}); // an idle client lost its connection; the pool replaces it
+  return pool;
+}
+
+/**
+ * Installs the schema from sql/schema.sql when the database has none, under
+ * the installers' advisory lock (the one sentinel.init_db takes), so parallel
+ * test files and other installers never race.
+ */
+export async function ensureSchema(pool) {
+  const client = await pool.connect();
+  try {
+    await client.query('begin');
+    await client.query("select pg_advisory_xact_lock(hashtext('sentinel.init_db'))");
+    const { rows } = await client.query("select to_regnamespace('sentinel') is null as missing");
+    if (rows[0].missing) await client.query(fs.readFileSync(path.join(ROOT, 'sql', 'schema.sql'), 'utf8'));
+    await client.query('commit');
+  } catch (err) {
+    await client.query('rollback').catch(() => {});
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+export const uniqueNamespace = () => `node-${crypto.randomBytes(8).toString('hex')}`;
+
+/** Polls fn until it returns a truthy value (returned), or fails after timeoutMs naming what. */
+export async function waitFor(fn, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** One value from the database. */
+export async function scalar(pool, text, values = []) {
+  const { rows } = await pool.query({ text, values, rowMode: 'array' });
+  return rows[0]?.[0];
+}
+
+/** True once the database clock says the lease of (ns, key) has lapsed. */
+export const leaseLapsed = (pool, ns, key) =>
+  scalar(pool, 'select lease_expires_at <= now from sentinel.inspect_v1($1, $2)', [ns, key]);
+
+/** True once the database clock is ms past the claim while the lease is still ahead: only heartbeats do that. */
+export const renewedPast = (pool, ns, key, ms) =>
+  scalar(pool, `select now >= claimed_at + $3 * interval '1 millisecond' and lease_expires_at > now
+                  from sentinel.inspect_v1($1, $2)`, [ns, key, ms]);
+
+/** Resolves once ctx.signal is aborted (the lease is lost); rejects after timeoutMs, so no test hangs. */
+export function untilLost(ctx, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the lease was not lost within ${timeoutMs} ms`)), timeoutMs);
+    ctx.signal.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+  });
+}
+
+/** A promise and the function that resolves it. */
+export function gate() {
+  let open;
+  const opened = new Promise((resolve) => { open = resolve; });
+  return { opened, open };
+}
+
+/** Spawns `node worker.js ARGS...`; expect(prefix, ms) returns its next stdout line with that prefix. */
+export function spawnWorker(...args) {
+  const child = spawn(process.execPath, [path.join(EXAMPLE_DIR, 'worker.js'), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => { stderr += d; });
+  const rl = readline.createInterface({ input: child.stdout });
+  const queue = [];
+  let waiter = null;
+  let closed = false;
+  rl.on('line', (line) => {
+    queue.push(line);
+    if (waiter) waiter();
+  });
+  rl.on('close', () => {
+    closed = true;
+    if (waiter) waiter();
+  });
+  return {
+    child,
+    stderr: () => stderr,
+    /** The next stdout line starting with prefix, within timeoutMs. */
+    async expect(prefix, timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        while (queue.length) {
+          const line = queue.shift();
+          if (line.startsWith(prefix)) return line.slice(prefix.length);
+        }
+        const remaining = deadline - Date.now();
+        if (closed || remaining <= 0) {
+          throw new Error(`worker ${args[0]}: no line "${prefix}..." within ${timeoutMs} ms ` +
+            `(exit ${child.exitCode}); stderr: ${stderr}`);
+        }
+        await new Promise((resolve) => {
+          const timer = setTimeout(resolve, remaining);
+          waiter = () => { clearTimeout(timer); resolve(); };
+        });
+        waiter = null;
+      }
+    },
+  };
+}
