@@ -578,6 +578,10 @@ begin
     select * into e from sentinel.executions x
      where x.namespace = p_ns and x.key = p_key
      for update;
+    if found and e.fence = p_fence and e.state = 'uncertain' then
+        -- A retry of an abandon that already committed (or the lease lapsed meanwhile).
+        return row('uncertain', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
+    end if;
     if not found or e.fence <> p_fence or e.state not in ('claimed', 'executing') then
         return row('stale', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
     end if;
@@ -599,6 +603,7 @@ $$;
 comment on function sentinel.abandon_v1(text, text, bigint, text) is
     'Gives up your claim or execution at once. An execution (state executing) becomes uncertain with the reason: '
     'the function may have had effects. A claim that never began is released for immediate takeover. '
+    'A retry after the execution is already uncertain under the same fence answers uncertain again. '
     'stale when the fence is no longer current. Raises SN001, SN002, SN004 (reason), SN005.';
 
 create type sentinel.execution_v1 as (
@@ -859,7 +864,6 @@ comment on function sentinel.schema_version() is
     'The version of the Sentinel schema: the number of the newest migration that changed it.';
 
 revoke all on all functions in schema sentinel from public;
-grant execute on function sentinel.schema_version() to public;
 
 -- ===== 0002_pre_grants.sql =========================================
 
@@ -948,7 +952,6 @@ create or replace function sentinel.schema_version() returns integer
 
 revoke all on function sentinel.api_versions() from public;
 revoke all on function sentinel.grant_v1(text, boolean) from public;
-grant execute on function sentinel.api_versions() to public;
 
 -- ===== 0003_pre_events.sql =========================================
 
@@ -1179,18 +1182,31 @@ revoke all on function sentinel.stats_v1(text) from public;
 
 -- Sentinel migration 0004 (pre): wake-ups for waiting callers, and per-record retention.
 --
--- * Every transition that ends a wait (to completed, failed or uncertain, or a
---   claim released for takeover) sends NOTIFY on channel
---   sentinel.channel_v1(namespace) with the key as payload, in the same
---   transaction, so a caller waiting for another worker's result wakes up at
---   its commit. Callers behind a transaction-pooling PgBouncer, where LISTEN
---   does not work, poll instead.
+-- * A caller that waits for another worker's result registers with watch_v1.
+--   Every transition of a watched key that ends a wait (to completed, failed
+--   or uncertain, or a claim released for takeover) then sends NOTIFY on
+--   channel sentinel.channel_v1(namespace) with the key as payload, in the
+--   same transaction, so the waiter wakes up at its commit. Unwatched keys
+--   send nothing: NOTIFY serialises committing transactions on a server-wide
+--   lock, which no workload should pay for when nobody listens. Callers behind
+--   a transaction-pooling PgBouncer, where LISTEN does not work, poll instead.
 -- * complete_v2 and fail_v2 take retain_ms: the record may be purged that
 --   long after it finished (purge_expired_v1). The _v1 functions stay as
 --   they are: records they finish are kept until purge_v1 removes them.
 
 
 alter table sentinel.executions add column retain_until timestamptz;
+
+create table sentinel.watchers (
+    id          bigint generated always as identity primary key,
+    namespace   text        not null,
+    key         text        not null,
+    expires_at  timestamptz not null
+);
+comment on table sentinel.watchers is
+    'Callers waiting for a key''s outcome (watch_v1). A transition of a key with a live watcher sends NOTIFY.';
+create index watchers_key_idx on sentinel.watchers (namespace, key);
+revoke all on table sentinel.watchers from public;
 comment on column sentinel.executions.retain_until is
     'When set (complete_v2/fail_v2 with retain_ms), purge_expired_v1 may delete the finished record from then on.';
 
@@ -1218,8 +1234,22 @@ create function sentinel.channel_v1(namespace text) returns text
     set search_path = pg_catalog, pg_temp
     as $$ select 'sentinel_' || md5(namespace) $$;
 comment on function sentinel.channel_v1(text) is
-    'The LISTEN channel of a namespace: sentinel_<md5(namespace)>. The payload of each notification is the key '
-    'whose execution finished, went uncertain, or whose claim was released.';
+    'The LISTEN channel of a namespace: sentinel_<md5(namespace)>. The payload of each notification is a watched '
+    'key (watch_v1) whose execution finished, went uncertain, or whose claim was released.';
+
+create function sentinel._notify_watchers(p_namespace text, p_key text) returns void
+    language plpgsql
+    set search_path = pg_catalog, pg_temp
+    as $$
+begin
+    if exists (select 1 from sentinel.watchers w
+                where w.namespace = p_namespace and w.key = p_key and w.expires_at > sentinel._now()) then
+        perform pg_notify(sentinel.channel_v1(p_namespace), p_key);
+    end if;
+end
+$$;
+comment on function sentinel._notify_watchers(text, text) is
+    'Sends NOTIFY on channel_v1(namespace) with the key as payload, only when a live watcher waits for the key.';
 
 create or replace function sentinel._log_transition() returns trigger
     language plpgsql
@@ -1249,7 +1279,7 @@ begin
             'permanent', case when new.state = 'failed' and new.error_permanent then true end))
     );
     if new.state in ('completed', 'failed', 'uncertain') then
-        perform pg_notify(sentinel.channel_v1(new.namespace), new.key);
+        perform sentinel._notify_watchers(new.namespace, new.key);
     end if;
     return null;
 end
@@ -1262,7 +1292,7 @@ create function sentinel._notify_release() returns trigger
     set search_path = pg_catalog, pg_temp
     as $$
 begin
-    perform pg_notify(sentinel.channel_v1(new.namespace), new.key);
+    perform sentinel._notify_watchers(new.namespace, new.key);
     return null;
 end
 $$;
@@ -1275,6 +1305,47 @@ create trigger executions_notify_release
     when (new.state = 'claimed' and old.state = 'claimed' and new.fence = old.fence
           and new.lease_expires_at < old.lease_expires_at)
     execute function sentinel._notify_release();
+
+create function sentinel.watch_v1(namespace text, key text, wait_ms bigint)
+    returns bigint
+    language plpgsql volatile
+    security definer
+    set search_path = pg_catalog, pg_temp
+    as $$
+declare
+    v_now constant timestamptz := sentinel._now();
+    v_id  bigint;
+begin
+    perform sentinel._check_key(watch_v1.namespace, watch_v1.key);
+    if watch_v1.wait_ms is null or watch_v1.wait_ms < 1 or watch_v1.wait_ms > 2592000000 then
+        raise exception 'sentinel: wait_ms must be between 1 and 2592000000 (30 days)' using errcode = 'SN003';
+    end if;
+    -- Watchers whose callers vanished are removed as the key is watched again.
+    delete from sentinel.watchers w
+     where w.namespace = watch_v1.namespace and w.key = watch_v1.key and w.expires_at <= v_now;
+    insert into sentinel.watchers (namespace, key, expires_at)
+    values (watch_v1.namespace, watch_v1.key, v_now + watch_v1.wait_ms * interval '1 millisecond')
+    returning id into v_id;
+    return v_id;
+end
+$$;
+comment on function sentinel.watch_v1(text, text, bigint) is
+    'Registers a caller that waits up to wait_ms for the outcome of (namespace, key): until then, the key''s '
+    'transitions to completed, failed or uncertain (and a released claim) send NOTIFY on channel_v1(namespace). '
+    'LISTEN on the channel first, then watch, then check the key again with acquire. Returns the watcher id for '
+    'unwatch_v1. Raises SN001, SN002, SN003.';
+
+create function sentinel.unwatch_v1(id bigint)
+    returns boolean
+    language sql volatile
+    security definer
+    set search_path = pg_catalog, pg_temp
+    as $$
+    with gone as (delete from sentinel.watchers w where w.id = unwatch_v1.id returning 1)
+    select exists (select 1 from gone)
+$$;
+comment on function sentinel.unwatch_v1(bigint) is
+    'Removes a watcher registered by watch_v1; false when it was already gone (expired watchers are removed lazily).';
 
 create function sentinel.complete_v2(namespace text, key text, fence bigint, response jsonb,
                                      retain_ms bigint default null)
@@ -1366,6 +1437,8 @@ comment on function sentinel.purge_expired_v1(text, integer) is
 
 insert into sentinel.grantable (function, operator) values
     ('sentinel.channel_v1(text)', false),
+    ('sentinel.watch_v1(text, text, bigint)', false),
+    ('sentinel.unwatch_v1(bigint)', false),
     ('sentinel.complete_v2(text, text, bigint, jsonb, bigint)', false),
     ('sentinel.fail_v2(text, text, bigint, jsonb, boolean, bigint)', false),
     ('sentinel.purge_expired_v1(text, integer)', false);
@@ -1375,7 +1448,17 @@ create or replace function sentinel.schema_version() returns integer
     set search_path = pg_catalog, pg_temp
     as $$ select 4 $$;
 
+-- Protocol version 2: the recording functions with retention (complete_v2,
+-- fail_v2), beside version 1.
+create or replace function sentinel.api_versions() returns integer[]
+    language sql immutable
+    set search_path = pg_catalog, pg_temp
+    as $$ select array[1, 2] $$;
+
 revoke all on function sentinel.channel_v1(text) from public;
+revoke all on function sentinel._notify_watchers(text, text) from public;
+revoke all on function sentinel.watch_v1(text, text, bigint) from public;
+revoke all on function sentinel.unwatch_v1(bigint) from public;
 revoke all on function sentinel._notify_release() from public;
 revoke all on function sentinel._clear_retention() from public;
 revoke all on function sentinel.complete_v2(text, text, bigint, jsonb, bigint) from public;
@@ -1384,7 +1467,7 @@ revoke all on function sentinel.purge_expired_v1(text, integer) from public;
 
 -- The migrations this file stands for, with the checksums of their files.
 insert into sentinel.migrations (id, name, checksum) values
-    (1, '0001_pre_core', '112f96d08491de4f12c7c5d4d3819cb6ac893138724971a904fb4715463a287d'),
-    (2, '0002_pre_grants', '2439951becda237d6f3fc1ea2d495be8b2cf2a9bbbb017fac3172369e99853e8'),
+    (1, '0001_pre_core', '6e37177359b4efbd142f8387669d7f7d5638cb6a21c27dab3b06daa9c0f3879f'),
+    (2, '0002_pre_grants', '3eed72ef57c99ecee4ea296222dfa2184653c49f03dcc3cb81490d938716c50b'),
     (3, '0003_pre_events', 'adf68f0e7b6081d74ce18b777547235289b2521554909f32553d92637194a67d'),
-    (4, '0004_pre_notify_retention', 'a2e40080a96393baf7298621cd780caffe2efe95c132aaa2ba4890fd9963bbea');
+    (4, '0004_pre_notify_retention', '50a76540acd5eeb29fda2a8c2adf5cf9a2f5e3ba761eb08a09e408d9b6bd32db');

@@ -58,7 +58,7 @@ select results_eq(
     $$ values ('_log_transition'), ('_notify_release'), ('abandon_v1'), ('acquire_v1'), ('begin_v1'),
               ('complete_v1'), ('complete_v2'), ('events_v1'), ('fail_v1'), ('fail_v2'), ('heartbeat_v1'),
               ('inspect_v1'), ('list_v1'), ('purge_events_v1'), ('purge_expired_v1'), ('purge_v1'),
-              ('reconcile_v1'), ('stats_v1') $$,
+              ('reconcile_v1'), ('stats_v1'), ('unwatch_v1'), ('watch_v1') $$,
     'exactly the protocol functions and the event-log trigger are SECURITY DEFINER');
 select is_empty(
     $$ select p.oid::regprocedure::text from pg_proc p

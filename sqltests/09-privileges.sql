@@ -1,4 +1,4 @@
--- 09-privileges: PUBLIC can execute nothing but schema_version(); a role that
+-- 09-privileges: PUBLIC can execute nothing in schema sentinel; a role that
 -- may only EXECUTE the API uses Sentinel fully and cannot write execution rows,
 -- call the private helpers, draw fences or move the clock.
 \set ON_ERROR_STOP true
@@ -11,7 +11,7 @@ begin;
 select plan(32);
 \ir _clock.psql
 
--- PUBLIC: no EXECUTE on the protocol, EXECUTE on schema_version() only.
+-- PUBLIC: no EXECUTE on anything (grant_v1 gives roles what they need).
 select function_privs_are('sentinel', 'acquire_v1', array['text', 'text', 'text', 'bigint', 'bigint', 'boolean', 'text'], 'public', array[]::name[], 'PUBLIC cannot execute acquire_v1');
 select function_privs_are('sentinel', 'begin_v1', array['text', 'text', 'bigint'], 'public', array[]::name[], 'PUBLIC cannot execute begin_v1');
 select function_privs_are('sentinel', 'heartbeat_v1', array['text', 'text', 'bigint'], 'public', array[]::name[], 'PUBLIC cannot execute heartbeat_v1');
@@ -22,14 +22,13 @@ select function_privs_are('sentinel', 'inspect_v1', array['text', 'text'], 'publ
 select function_privs_are('sentinel', 'list_v1', array['text', 'text', 'bigint', 'integer'], 'public', array[]::name[], 'PUBLIC cannot execute list_v1');
 select function_privs_are('sentinel', 'reconcile_v1', array['text', 'text', 'text', 'text', 'text', 'jsonb', 'jsonb', 'boolean'], 'public', array[]::name[], 'PUBLIC cannot execute reconcile_v1');
 select function_privs_are('sentinel', 'purge_v1', array['text', 'bigint', 'integer'], 'public', array[]::name[], 'PUBLIC cannot execute purge_v1');
-select function_privs_are('sentinel', 'schema_version', array[]::name[], 'public', array['EXECUTE']::name[], 'PUBLIC can execute schema_version()');
+select function_privs_are('sentinel', 'schema_version', array[]::name[], 'public', array[]::name[], 'PUBLIC cannot execute schema_version() either');
 select results_eq(
     $$ select p.oid::regprocedure::text collate "default" from pg_proc p
         where p.pronamespace = 'sentinel'::regnamespace
           and has_function_privilege('public', p.oid, 'EXECUTE') order by 1 $$,
-    $$ select f from unnest(array['sentinel.schema_version()', 'sentinel.api_versions()']) f
-        where to_regprocedure(f) is not null order by 1 $$,
-    'PUBLIC executes only the discovery functions (schema_version, and api_versions from migration 0002): no protocol function, no private helper, not _now');
+    $$ select f from unnest(array[]::text[]) f $$,
+    'PUBLIC executes no function of schema sentinel: no protocol function, no private helper, not _now');
 select table_privs_are('sentinel', 'executions', 'public', array[]::name[], 'PUBLIC has no privilege on sentinel.executions');
 select sequence_privs_are('sentinel', 'fence_seq', 'public', array[]::name[], 'PUBLIC has no privilege on sentinel.fence_seq');
 

@@ -269,6 +269,22 @@ def test_wait_ms_claims_when_the_owner_fails(make: Callable[..., sentinel.Sentin
     assert times["result"].response == "waiter ran it" and times["result"].attempt == 2
 
 
+def test_only_watched_keys_send_notify(dsn: str, namespace: str, conn: psycopg.Connection[Any]) -> None:
+    channel = conn.execute("select sentinel.channel_v1(%s)", (namespace,)).fetchone()
+    assert channel is not None
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f'listen "{channel[0]}"')
+        for key, watched in (("unwatched", False), ("watched", True)):
+            row = conn.execute("select fence from sentinel.acquire_v1(%s, %s, 'w', 60000)", (namespace, key)).fetchone()
+            assert row is not None
+            if watched:
+                conn.execute("select sentinel.watch_v1(%s, %s, 60000)", (namespace, key))
+            conn.execute("select sentinel.complete_v2(%s, %s, %s, '1')", (namespace, key, row[0]))
+        # Notifications arrive in commit order: had the unwatched key notified, it would come first.
+        first = next(listener.notifies(timeout=10))
+    assert first.payload == "watched"
+
+
 def test_wait_ms_returns_alive_at_the_deadline(make: Callable[..., sentinel.Sentinel],
                                                conn: psycopg.Connection[Any]) -> None:
     s = make(fingerprints=False)

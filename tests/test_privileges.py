@@ -64,7 +64,7 @@ def test_public_cannot_execute_the_protocol(app_dsn: str, dsn: str) -> None:
                 where p.pronamespace = 'sentinel'::regnamespace
                   and has_function_privilege('public', p.oid, 'execute')"""
         ).fetchall()
-    assert sorted(rows) == [("sentinel.api_versions()",), ("sentinel.schema_version()",)]
+    assert rows == []
 
 
 def test_operator_grant_adds_reconcile_and_purge(app_dsn: str, dsn: str, namespace: str) -> None:

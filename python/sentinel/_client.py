@@ -585,9 +585,20 @@ class Sentinel:
         deadline = time.monotonic() + wait_ms / 1000.0
         listener = self._listener()
         event = listener.register(call.key) if listener is not None else None
+        watch_id: Optional[int] = None
+        if listener is not None and listener.ready.is_set():
+            # LISTEN is on: ask the database to NOTIFY this key's outcome (it
+            # notifies only watched keys), then check the key again below.
+            try:
+                with self._source.connection() as conn, wrap_exceptions():
+                    row = conn.execute("select sentinel.watch_v1(%s, %s, %s)",
+                                       (self.namespace, call.key, wait_ms)).fetchone()
+                    watch_id = int(row[0]) if row else None
+            except DatabaseUnavailable:
+                watch_id = None
         try:
             while True:
-                listening = listener is not None and listener.ready.is_set()
+                listening = watch_id is not None and listener is not None and listener.ready.is_set()
                 if event is not None:
                     event.clear()
                 result = self._attempt(call)
@@ -605,6 +616,12 @@ class Sentinel:
         finally:
             if listener is not None and event is not None:
                 listener.unregister(call.key, event)
+            if watch_id is not None:
+                try:
+                    with self._source.connection() as conn, wrap_exceptions():
+                        conn.execute("select sentinel.unwatch_v1(%s)", (watch_id,))
+                except SentinelError as exc:  # the watcher expires by itself
+                    logger.debug("sentinel: unwatch failed: %s", exc)
 
     def _listener(self) -> Optional[Listener]:
         if not self._listen:

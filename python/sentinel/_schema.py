@@ -17,8 +17,10 @@ from .errors import SchemaError
 
 logger = logging.getLogger("sentinel")
 
-#: The protocol version this client speaks: it calls the ``_v1`` functions.
-API_VERSION = 1
+#: The protocol versions this client speaks: the ``_v1`` functions, and
+#: ``complete_v2``/``fail_v2`` (recording with retention).
+API_VERSIONS = (1, 2)
+API_VERSION = API_VERSIONS[-1]
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_(pre|post)_([a-z0-9_]+)\.sql$")
 
@@ -139,10 +141,12 @@ class SchemaStatus:
                 f"database schema version {self.schema_version} is older than this client needs "
                 f"({self.required_version}): {MIGRATE_HINT}"
             )
-        if API_VERSION not in self.api_versions:
+        missing = [v for v in API_VERSIONS if v not in self.api_versions]
+        if missing and self.schema_version >= self.required_version:
             out.append(
-                f"database schema version {self.schema_version} no longer provides protocol v{API_VERSION} "
-                f"(it provides {self.api_versions}): upgrade sentinel-coordination"
+                f"database schema version {self.schema_version} no longer provides protocol "
+                f"{', '.join(f'v{v}' for v in missing)} (it provides {self.api_versions}): "
+                "upgrade sentinel-coordination"
             )
         return out
 
@@ -168,7 +172,7 @@ class SchemaStatus:
             "required_version": self.required_version,
             "latest_version": self.latest_version,
             "api_versions": self.api_versions,
-            "client_api_version": API_VERSION,
+            "client_api_versions": list(API_VERSIONS),
             "ok": not self.problems(),
             "problems": self.problems(),
             "migrations": rows,
@@ -268,10 +272,10 @@ def init_db(conn: psycopg.Connection[Any], *, to: Optional[int] = None) -> List[
                     + ", ".join(st.drifted)
                 )
             if st.unknown:
-                if API_VERSION not in st.api_versions:
+                if any(v not in st.api_versions for v in API_VERSIONS):
                     raise SchemaError(st.problems()[-1])
                 logger.info("sentinel: the database has migrations this client does not know (%s); it still "
-                            "provides protocol v%s, nothing to do", ", ".join(st.unknown), API_VERSION)
+                            "provides the protocol versions of this client, nothing to do", ", ".join(st.unknown))
             applied = {a.id for a in st.applied}
             for m in todo:
                 if m.id in applied:

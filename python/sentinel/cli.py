@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 import psycopg
 
-from ._schema import API_VERSION, init_db, migrations, status
+from ._schema import API_VERSIONS, init_db, migrations, status
 from .errors import DatabaseUnavailable, SentinelError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -70,7 +70,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         lines = [
             f"schema version: {st.schema_version if st.installed else 'not installed'} "
             f"(this client needs {st.required_version}, ships {st.latest_version}, speaks protocol "
-            f"v{API_VERSION}; database provides {st.api_versions or 'none'})"
+            f"{'+'.join(f'v{v}' for v in API_VERSIONS)}; database provides {st.api_versions or 'none'})"
         ]
         for row in data["migrations"]:
             when = f"  {row['applied_at']} by {row['applied_by']}" if row["applied_at"] else ""

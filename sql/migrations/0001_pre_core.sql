@@ -565,6 +565,10 @@ begin
     select * into e from sentinel.executions x
      where x.namespace = p_ns and x.key = p_key
      for update;
+    if found and e.fence = p_fence and e.state = 'uncertain' then
+        -- A retry of an abandon that already committed (or the lease lapsed meanwhile).
+        return row('uncertain', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
+    end if;
     if not found or e.fence <> p_fence or e.state not in ('claimed', 'executing') then
         return row('stale', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
     end if;
@@ -586,6 +590,7 @@ $$;
 comment on function sentinel.abandon_v1(text, text, bigint, text) is
     'Gives up your claim or execution at once. An execution (state executing) becomes uncertain with the reason: '
     'the function may have had effects. A claim that never began is released for immediate takeover. '
+    'A retry after the execution is already uncertain under the same fence answers uncertain again. '
     'stale when the fence is no longer current. Raises SN001, SN002, SN004 (reason), SN005.';
 
 create type sentinel.execution_v1 as (
@@ -846,4 +851,3 @@ comment on function sentinel.schema_version() is
     'The version of the Sentinel schema: the number of the newest migration that changed it.';
 
 revoke all on all functions in schema sentinel from public;
-grant execute on function sentinel.schema_version() to public;

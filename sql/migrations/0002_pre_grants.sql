@@ -85,4 +85,3 @@ create or replace function sentinel.schema_version() returns integer
 
 revoke all on function sentinel.api_versions() from public;
 revoke all on function sentinel.grant_v1(text, boolean) from public;
-grant execute on function sentinel.api_versions() to public;

@@ -1,11 +1,13 @@
 -- Sentinel migration 0004 (pre): wake-ups for waiting callers, and per-record retention.
 --
--- * Every transition that ends a wait (to completed, failed or uncertain, or a
---   claim released for takeover) sends NOTIFY on channel
---   sentinel.channel_v1(namespace) with the key as payload, in the same
---   transaction, so a caller waiting for another worker's result wakes up at
---   its commit. Callers behind a transaction-pooling PgBouncer, where LISTEN
---   does not work, poll instead.
+-- * A caller that waits for another worker's result registers with watch_v1.
+--   Every transition of a watched key that ends a wait (to completed, failed
+--   or uncertain, or a claim released for takeover) then sends NOTIFY on
+--   channel sentinel.channel_v1(namespace) with the key as payload, in the
+--   same transaction, so the waiter wakes up at its commit. Unwatched keys
+--   send nothing: NOTIFY serialises committing transactions on a server-wide
+--   lock, which no workload should pay for when nobody listens. Callers behind
+--   a transaction-pooling PgBouncer, where LISTEN does not work, poll instead.
 -- * complete_v2 and fail_v2 take retain_ms: the record may be purged that
 --   long after it finished (purge_expired_v1). The _v1 functions stay as
 --   they are: records they finish are kept until purge_v1 removes them.
@@ -14,6 +16,17 @@ set local lock_timeout = '10s';
 set local statement_timeout = '60s';
 
 alter table sentinel.executions add column retain_until timestamptz;
+
+create table sentinel.watchers (
+    id          bigint generated always as identity primary key,
+    namespace   text        not null,
+    key         text        not null,
+    expires_at  timestamptz not null
+);
+comment on table sentinel.watchers is
+    'Callers waiting for a key''s outcome (watch_v1). A transition of a key with a live watcher sends NOTIFY.';
+create index watchers_key_idx on sentinel.watchers (namespace, key);
+revoke all on table sentinel.watchers from public;
 comment on column sentinel.executions.retain_until is
     'When set (complete_v2/fail_v2 with retain_ms), purge_expired_v1 may delete the finished record from then on.';
 
@@ -41,8 +54,22 @@ create function sentinel.channel_v1(namespace text) returns text
     set search_path = pg_catalog, pg_temp
     as $$ select 'sentinel_' || md5(namespace) $$;
 comment on function sentinel.channel_v1(text) is
-    'The LISTEN channel of a namespace: sentinel_<md5(namespace)>. The payload of each notification is the key '
-    'whose execution finished, went uncertain, or whose claim was released.';
+    'The LISTEN channel of a namespace: sentinel_<md5(namespace)>. The payload of each notification is a watched '
+    'key (watch_v1) whose execution finished, went uncertain, or whose claim was released.';
+
+create function sentinel._notify_watchers(p_namespace text, p_key text) returns void
+    language plpgsql
+    set search_path = pg_catalog, pg_temp
+    as $$
+begin
+    if exists (select 1 from sentinel.watchers w
+                where w.namespace = p_namespace and w.key = p_key and w.expires_at > sentinel._now()) then
+        perform pg_notify(sentinel.channel_v1(p_namespace), p_key);
+    end if;
+end
+$$;
+comment on function sentinel._notify_watchers(text, text) is
+    'Sends NOTIFY on channel_v1(namespace) with the key as payload, only when a live watcher waits for the key.';
 
 create or replace function sentinel._log_transition() returns trigger
     language plpgsql
@@ -72,7 +99,7 @@ begin
             'permanent', case when new.state = 'failed' and new.error_permanent then true end))
     );
     if new.state in ('completed', 'failed', 'uncertain') then
-        perform pg_notify(sentinel.channel_v1(new.namespace), new.key);
+        perform sentinel._notify_watchers(new.namespace, new.key);
     end if;
     return null;
 end
@@ -85,7 +112,7 @@ create function sentinel._notify_release() returns trigger
     set search_path = pg_catalog, pg_temp
     as $$
 begin
-    perform pg_notify(sentinel.channel_v1(new.namespace), new.key);
+    perform sentinel._notify_watchers(new.namespace, new.key);
     return null;
 end
 $$;
@@ -98,6 +125,47 @@ create trigger executions_notify_release
     when (new.state = 'claimed' and old.state = 'claimed' and new.fence = old.fence
           and new.lease_expires_at < old.lease_expires_at)
     execute function sentinel._notify_release();
+
+create function sentinel.watch_v1(namespace text, key text, wait_ms bigint)
+    returns bigint
+    language plpgsql volatile
+    security definer
+    set search_path = pg_catalog, pg_temp
+    as $$
+declare
+    v_now constant timestamptz := sentinel._now();
+    v_id  bigint;
+begin
+    perform sentinel._check_key(watch_v1.namespace, watch_v1.key);
+    if watch_v1.wait_ms is null or watch_v1.wait_ms < 1 or watch_v1.wait_ms > 2592000000 then
+        raise exception 'sentinel: wait_ms must be between 1 and 2592000000 (30 days)' using errcode = 'SN003';
+    end if;
+    -- Watchers whose callers vanished are removed as the key is watched again.
+    delete from sentinel.watchers w
+     where w.namespace = watch_v1.namespace and w.key = watch_v1.key and w.expires_at <= v_now;
+    insert into sentinel.watchers (namespace, key, expires_at)
+    values (watch_v1.namespace, watch_v1.key, v_now + watch_v1.wait_ms * interval '1 millisecond')
+    returning id into v_id;
+    return v_id;
+end
+$$;
+comment on function sentinel.watch_v1(text, text, bigint) is
+    'Registers a caller that waits up to wait_ms for the outcome of (namespace, key): until then, the key''s '
+    'transitions to completed, failed or uncertain (and a released claim) send NOTIFY on channel_v1(namespace). '
+    'LISTEN on the channel first, then watch, then check the key again with acquire. Returns the watcher id for '
+    'unwatch_v1. Raises SN001, SN002, SN003.';
+
+create function sentinel.unwatch_v1(id bigint)
+    returns boolean
+    language sql volatile
+    security definer
+    set search_path = pg_catalog, pg_temp
+    as $$
+    with gone as (delete from sentinel.watchers w where w.id = unwatch_v1.id returning 1)
+    select exists (select 1 from gone)
+$$;
+comment on function sentinel.unwatch_v1(bigint) is
+    'Removes a watcher registered by watch_v1; false when it was already gone (expired watchers are removed lazily).';
 
 create function sentinel.complete_v2(namespace text, key text, fence bigint, response jsonb,
                                      retain_ms bigint default null)
@@ -189,6 +257,8 @@ comment on function sentinel.purge_expired_v1(text, integer) is
 
 insert into sentinel.grantable (function, operator) values
     ('sentinel.channel_v1(text)', false),
+    ('sentinel.watch_v1(text, text, bigint)', false),
+    ('sentinel.unwatch_v1(bigint)', false),
     ('sentinel.complete_v2(text, text, bigint, jsonb, bigint)', false),
     ('sentinel.fail_v2(text, text, bigint, jsonb, boolean, bigint)', false),
     ('sentinel.purge_expired_v1(text, integer)', false);
@@ -198,7 +268,17 @@ create or replace function sentinel.schema_version() returns integer
     set search_path = pg_catalog, pg_temp
     as $$ select 4 $$;
 
+-- Protocol version 2: the recording functions with retention (complete_v2,
+-- fail_v2), beside version 1.
+create or replace function sentinel.api_versions() returns integer[]
+    language sql immutable
+    set search_path = pg_catalog, pg_temp
+    as $$ select array[1, 2] $$;
+
 revoke all on function sentinel.channel_v1(text) from public;
+revoke all on function sentinel._notify_watchers(text, text) from public;
+revoke all on function sentinel.watch_v1(text, text, bigint) from public;
+revoke all on function sentinel.unwatch_v1(bigint) from public;
 revoke all on function sentinel._notify_release() from public;
 revoke all on function sentinel._clear_retention() from public;
 revoke all on function sentinel.complete_v2(text, text, bigint, jsonb, bigint) from public;
