@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages
+.PHONY: help venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example
 
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
 	@echo "make test        pytest and the pgTAP suite against a throwaway PostgreSQL"
 	@echo "make check       ruff, mypy --strict, squawk on the migrations"
 	@echo "make test-other-languages  the psql and Node.js clients and the cross-language race (needs node, npm)"
+	@echo "make django-example  the Django example shop (examples/django) on a throwaway PostgreSQL"
 	@echo "make pgtap-deps  install pgTAP and pg_prove (Debian, as root)"
 
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +36,12 @@ test-other-languages: venv
 	$(PY) tests/pgserver.py run -- bash examples/psql/test.sh
 	$(PY) tests/pgserver.py run -- bash -c 'cd examples/node && npm test'
 	$(PY) tests/pgserver.py pytest tests/test_cross_language.py -q
+
+django-example: venv
+	$(PY) tests/pgserver.py run -- sh -c 'export SENTINEL_DJANGO_DSN="$$SENTINEL_TEST_DSN"; cd examples/django && \
+	  $(CURDIR)/$(PY) manage.py migrate -v0 && \
+	  DJANGO_SUPERUSER_PASSWORD=secret $(CURDIR)/$(PY) manage.py createsuperuser --noinput --username alice --email alice@example.com && \
+	  $(CURDIR)/$(PY) manage.py runserver'
 
 demo: venv
 	$(PY) examples/demo.py

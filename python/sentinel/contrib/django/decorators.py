@@ -258,7 +258,7 @@ def idempotent_view(
                              f"{header} is accepted only from authenticated clients")
             s = sentinel if isinstance(sentinel, Sentinel) else (sentinel() if sentinel is not None
                                                                   else _shared())
-            key = record_key(owner, given)
+            key = record_key(str(owner), given)
             ttl = ttl_ms if ttl_ms is not None else s.default_ttl_ms
             hard = hard_ttl_ms if hard_ttl_ms is not None else max(ttl, DEFAULT_HARD_TTL_MS)
             fresh: List[Any] = []
