@@ -161,7 +161,6 @@ comment on function sentinel._check_text(text, text, integer) is
 -- hard deadline, or its worker stopped renewing it.
 create function sentinel._lapse_reason(e sentinel.executions) returns text
     language sql immutable
-    set search_path = pg_catalog, pg_temp
     as $$
     select case
         when e.lease_expires_at >= e.hard_expires_at
@@ -178,7 +177,6 @@ comment on function sentinel._lapse_reason(sentinel.executions) is
 create function sentinel._observe(e sentinel.executions, p_fingerprint text, p_now timestamptz)
     returns text
     language sql immutable
-    set search_path = pg_catalog, pg_temp
     as $$
     select case
         when p_fingerprint is not null and e.fingerprint is not null
@@ -213,7 +211,6 @@ comment on type sentinel.acquire_result_v1 is
 create function sentinel._acquire_result(p_outcome text, e sentinel.executions, p_now timestamptz)
     returns sentinel.acquire_result_v1
     language sql immutable
-    set search_path = pg_catalog, pg_temp
     as $$
     -- A mismatch reveals nothing of another caller's response or error.
     select row(
@@ -254,8 +251,14 @@ declare
     v_exists boolean;
     e        sentinel.executions;
 begin
-    perform sentinel._check_key(p_ns, p_key);
-    perform sentinel._check_text('owner', p_owner, 200);
+    -- Cheap checks inline; the helpers raise the documented error when one fails.
+    if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
+       or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        perform sentinel._check_key(p_ns, p_key);
+    end if;
+    if p_owner is null or length(p_owner) > 200 or btrim(p_owner) = '' then
+        perform sentinel._check_text('owner', p_owner, 200);
+    end if;
     if p_ttl is null or p_ttl <= 0 or p_ttl > 2592000000 then
         raise exception 'sentinel: ttl_ms must be between 1 and 2592000000 (30 days), got %', coalesce(p_ttl::text, 'NULL')
             using errcode = 'SN003';
@@ -373,8 +376,13 @@ declare
     p_fence constant bigint := begin_v1.fence;
     v_now   constant timestamptz := sentinel._now();
 begin
-    perform sentinel._check_key(p_ns, p_key);
-    perform sentinel._check_fence(p_fence);
+    if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
+       or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        perform sentinel._check_key(p_ns, p_key);
+    end if;
+    if p_fence is null or p_fence <= 0 then
+        perform sentinel._check_fence(p_fence);
+    end if;
     update sentinel.executions x
        set state = 'executing',
            started_at = v_now,
@@ -416,8 +424,13 @@ declare
     v_now   constant timestamptz := sentinel._now();
     e       sentinel.executions;
 begin
-    perform sentinel._check_key(p_ns, p_key);
-    perform sentinel._check_fence(p_fence);
+    if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
+       or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        perform sentinel._check_key(p_ns, p_key);
+    end if;
+    if p_fence is null or p_fence <= 0 then
+        perform sentinel._check_fence(p_fence);
+    end if;
     update sentinel.executions x
        set lease_expires_at = least(v_now + x.ttl_ms * interval '1 millisecond', x.hard_expires_at),
            updated_at = v_now
@@ -474,8 +487,13 @@ declare
     v_now constant timestamptz := sentinel._now();
     e     sentinel.executions;
 begin
-    perform sentinel._check_key(p_ns, p_key);
-    perform sentinel._check_fence(p_fence);
+    if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
+       or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        perform sentinel._check_key(p_ns, p_key);
+    end if;
+    if p_fence is null or p_fence <= 0 then
+        perform sentinel._check_fence(p_fence);
+    end if;
     update sentinel.executions x
        set state = p_state,
            response = p_response,
@@ -572,8 +590,13 @@ declare
     v_now   constant timestamptz := sentinel._now();
     e       sentinel.executions;
 begin
-    perform sentinel._check_key(p_ns, p_key);
-    perform sentinel._check_fence(p_fence);
+    if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
+       or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        perform sentinel._check_key(p_ns, p_key);
+    end if;
+    if p_fence is null or p_fence <= 0 then
+        perform sentinel._check_fence(p_fence);
+    end if;
     perform sentinel._check_text('reason', abandon_v1.reason, 1000);
     select * into e from sentinel.executions x
      where x.namespace = p_ns and x.key = p_key
@@ -638,7 +661,6 @@ comment on type sentinel.execution_v1 is
 create function sentinel._execution(e sentinel.executions, p_now timestamptz)
     returns sentinel.execution_v1
     language sql immutable
-    set search_path = pg_catalog, pg_temp
     as $$
     select row(
         e.namespace, e.key,
@@ -988,8 +1010,6 @@ revoke all on table sentinel.events from public;
 
 create function sentinel._log_transition() returns trigger
     language plpgsql
-    security definer
-    set search_path = pg_catalog, pg_temp
     as $$
 declare
     v_reconciled boolean := tg_op = 'UPDATE' and new.reconciled_at is distinct from old.reconciled_at
@@ -1017,7 +1037,9 @@ begin
 end
 $$;
 comment on function sentinel._log_transition() is
-    'Trigger function: writes one sentinel.events row for a new execution record or a change of its state or fence.';
+    'Trigger function: writes one sentinel.events row for a new execution record or a change of its state or fence. '
+    'It runs as the writer of sentinel.executions, which is always the schema owner (through the protocol functions, '
+    'whose search_path is pinned).';
 
 create trigger executions_log_insert
     after insert on sentinel.executions
@@ -1239,7 +1261,6 @@ comment on function sentinel.channel_v1(text) is
 
 create function sentinel._notify_watchers(p_namespace text, p_key text) returns void
     language plpgsql
-    set search_path = pg_catalog, pg_temp
     as $$
 begin
     if exists (select 1 from sentinel.watchers w
@@ -1253,8 +1274,6 @@ comment on function sentinel._notify_watchers(text, text) is
 
 create or replace function sentinel._log_transition() returns trigger
     language plpgsql
-    security definer
-    set search_path = pg_catalog, pg_temp
     as $$
 declare
     v_reconciled boolean := tg_op = 'UPDATE' and new.reconciled_at is distinct from old.reconciled_at
@@ -1288,8 +1307,6 @@ $$;
 -- A claim released by abandon_v1 changes only its lease: wake waiters too.
 create function sentinel._notify_release() returns trigger
     language plpgsql
-    security definer
-    set search_path = pg_catalog, pg_temp
     as $$
 begin
     perform sentinel._notify_watchers(new.namespace, new.key);
@@ -1361,7 +1378,12 @@ begin
         raise exception 'sentinel: retain_ms must be NULL or between 0 and 3153600000000 (100 years)'
             using errcode = 'SN003';
     end if;
-    r := sentinel.complete_v1(complete_v2.namespace, complete_v2.key, complete_v2.fence, complete_v2.response);
+    if complete_v2.response is null then
+        raise exception 'sentinel: response must not be SQL NULL (use the JSON value null)'
+            using errcode = 'SN009';
+    end if;
+    r := sentinel._finish(complete_v2.namespace, complete_v2.key, complete_v2.fence,
+                          'completed', complete_v2.response, null, false);
     if r.outcome = 'recorded' and complete_v2.retain_ms is not null then
         update sentinel.executions x
            set retain_until = r.now + complete_v2.retain_ms * interval '1 millisecond'
@@ -1388,7 +1410,12 @@ begin
         raise exception 'sentinel: retain_ms must be NULL or between 0 and 3153600000000 (100 years)'
             using errcode = 'SN003';
     end if;
-    r := sentinel.fail_v1(fail_v2.namespace, fail_v2.key, fail_v2.fence, fail_v2.error, fail_v2.permanent);
+    if fail_v2.error is null then
+        raise exception 'sentinel: error must not be SQL NULL'
+            using errcode = 'SN009';
+    end if;
+    r := sentinel._finish(fail_v2.namespace, fail_v2.key, fail_v2.fence,
+                          'failed', null, fail_v2.error, coalesce(fail_v2.permanent, false));
     if r.outcome = 'recorded' and fail_v2.retain_ms is not null then
         update sentinel.executions x
            set retain_until = r.now + fail_v2.retain_ms * interval '1 millisecond'
@@ -1467,7 +1494,7 @@ revoke all on function sentinel.purge_expired_v1(text, integer) from public;
 
 -- The migrations this file stands for, with the checksums of their files.
 insert into sentinel.migrations (id, name, checksum) values
-    (1, '0001_pre_core', '6e37177359b4efbd142f8387669d7f7d5638cb6a21c27dab3b06daa9c0f3879f'),
+    (1, '0001_pre_core', '4d126583f54a3eb3de046d44cadfd9d279f255379c1ad1e7f25e5aa31f1ba853'),
     (2, '0002_pre_grants', '3eed72ef57c99ecee4ea296222dfa2184653c49f03dcc3cb81490d938716c50b'),
-    (3, '0003_pre_events', 'adf68f0e7b6081d74ce18b777547235289b2521554909f32553d92637194a67d'),
-    (4, '0004_pre_notify_retention', '50a76540acd5eeb29fda2a8c2adf5cf9a2f5e3ba761eb08a09e408d9b6bd32db');
+    (3, '0003_pre_events', 'e69b2fde196e4a6a2961def59535f82c9efe76dab20562bf803ede2608a0bf2b'),
+    (4, '0004_pre_notify_retention', '5408a60aae5ea4b2d9ce948fd40af7403a4c1458323ef4f9d5b48f2e1a6d5b96');

@@ -49,28 +49,29 @@ select is_empty(
           and coalesce(btrim(obj_description(p.oid, 'pg_proc')), '') = '' $$,
     'every function in schema sentinel has a COMMENT');
 
--- Owner's rights: exactly the protocol functions (and the event-log trigger)
--- are SECURITY DEFINER, and every one of them pins search_path to
--- pg_catalog, pg_temp (temp last).
+-- Owner's rights: exactly the protocol functions are SECURITY DEFINER, and
+-- every one of them pins search_path to pg_catalog, pg_temp (temp last).
 select results_eq(
     $$ select p.proname::text collate "default" from pg_proc p
         where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef order by 1 $$,
-    $$ values ('_log_transition'), ('_notify_release'), ('abandon_v1'), ('acquire_v1'), ('begin_v1'),
+    $$ values ('abandon_v1'), ('acquire_v1'), ('begin_v1'),
               ('complete_v1'), ('complete_v2'), ('events_v1'), ('fail_v1'), ('fail_v2'), ('heartbeat_v1'),
               ('inspect_v1'), ('list_v1'), ('purge_events_v1'), ('purge_expired_v1'), ('purge_v1'),
               ('reconcile_v1'), ('stats_v1'), ('unwatch_v1'), ('watch_v1') $$,
-    'exactly the protocol functions and the event-log trigger are SECURITY DEFINER');
+    'exactly the protocol functions are SECURITY DEFINER');
 select is_empty(
     $$ select p.oid::regprocedure::text from pg_proc p
         where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef
           and coalesce(p.proconfig, '{}') <> array['search_path=pg_catalog, pg_temp'] $$,
     'every SECURITY DEFINER function pins search_path = pg_catalog, pg_temp');
+-- Private helpers run inside the protocol functions (search_path already
+-- pinned) or as triggers of the owner's writes; some leave search_path unset so
+-- PostgreSQL can inline them. None may be called by anyone but the owner.
 select is_empty(
     $$ select p.oid::regprocedure::text from pg_proc p
         where p.pronamespace = 'sentinel'::regnamespace and p.proname like '\_%'
-          and p.proname <> '_now'
-          and coalesce(p.proconfig, '{}') <> array['search_path=pg_catalog, pg_temp'] $$,
-    'every private helper called under owner''s rights pins search_path too (_now() is replaced by this test)');
+          and has_function_privilege('public', p.oid, 'EXECUTE') $$,
+    'no private helper is executable by PUBLIC (they run only under the protocol functions'' pinned search_path)');
 
 -- Storage invariants enforced by the table itself.
 select col_has_check('sentinel', 'executions', 'state', 'state has a CHECK constraint');

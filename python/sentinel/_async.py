@@ -866,18 +866,25 @@ class AsyncSentinel:
     async def _wait(self, call: _Call, result: Result, wait_ms: int) -> Result:
         """Wait for another worker's outcome: NOTIFY wakes us, polling is the fallback.
 
-        Each round asks again (one acquire) *after* checking whether LISTEN is
-        in place, so a notification can never fall between the two. Until the
-        listener is ready (or when LISTEN cannot work) the waiter polls every
-        ``poll_interval_ms``, waking early as soon as LISTEN is in place; it
-        never waits for the listener beyond its own deadline.
+        The database notifies only watched keys, so once LISTEN is in place the
+        waiter registers with ``watch_v1`` and only then asks again (one
+        acquire per round), so a notification can never fall in between; it
+        removes its watcher with ``unwatch_v1`` when it stops waiting. Until
+        the listener is ready (or when LISTEN or the watch cannot work) it
+        polls every ``poll_interval_ms``, waking early as soon as LISTEN is in
+        place; it never waits for the listener beyond its own deadline.
         """
         deadline = time.monotonic() + wait_ms / 1000.0
         listener = self._get_listener()
         event = listener.register(call.key) if listener is not None else None
+        watch_id: Optional[int] = None
+        watch_tried = False
         try:
             while True:
-                listening = listener is not None and listener.ready.is_set()
+                if listener is not None and listener.ready.is_set() and not watch_tried:
+                    watch_tried = True
+                    watch_id = await self._watch(call.key, deadline)
+                listening = watch_id is not None and listener is not None and listener.ready.is_set()
                 if event is not None:
                     event.clear()
                 result = await self._attempt(call)
@@ -888,8 +895,12 @@ class AsyncSentinel:
                     return result
                 # With LISTEN a notification wakes us; the timeout is only a safety net.
                 pause = min(remaining, max(self._poll_s, 1.0) if listening else self._poll_s)
-                if listener is not None:
-                    wake = event if listening and event is not None else listener.ready
+                wake: Optional[asyncio.Event] = None
+                if listening:
+                    wake = event
+                elif listener is not None and not watch_tried:
+                    wake = listener.ready  # poll, but start watching as soon as LISTEN is in place
+                if wake is not None:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(wake.wait(), pause)
                 else:
@@ -897,6 +908,28 @@ class AsyncSentinel:
         finally:
             if listener is not None and event is not None:
                 listener.unregister(call.key, event)
+            if watch_id is not None:
+                await self._unwatch(watch_id)
+
+    async def _watch(self, key: str, deadline: float) -> Optional[int]:
+        """Ask the database to NOTIFY ``key``'s outcome until ``deadline``; None if it cannot (then we poll)."""
+        ms = max(1, min(MAX_TTL_MS, int((deadline - time.monotonic()) * 1000) + 1))
+        try:
+            async with self._source.connection() as conn:
+                with wrap_exceptions():
+                    row = await _fetchone(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, ms))
+            return int(row[0]) if row else None
+        except SentinelError as exc:
+            logger.debug("sentinel: watch_v1 failed (%s); polling instead", exc)
+            return None
+
+    async def _unwatch(self, watch_id: int) -> None:
+        try:
+            async with self._source.connection() as conn:
+                with wrap_exceptions():
+                    await conn.execute("select sentinel.unwatch_v1(%s)", (watch_id,))
+        except SentinelError as exc:  # the watcher expires by itself
+            logger.debug("sentinel: unwatch failed: %s", exc)
 
     def _get_listener(self) -> Optional[_Listener]:
         if not self._listen:

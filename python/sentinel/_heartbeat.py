@@ -66,11 +66,14 @@ class Heartbeater:
                 raise RuntimeError("this Sentinel is closed")
             lease.id = next(self._ids)
             self._leases[lease.id] = lease
-            heapq.heappush(self._heap, (time.monotonic() + lease.interval, lease.id))
+            due = time.monotonic() + lease.interval
+            wakes_earlier = not self._heap or due < self._heap[0][0]
+            heapq.heappush(self._heap, (due, lease.id))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="sentinel-heartbeat", daemon=True)
                 self._thread.start()
-            else:
+            elif wakes_earlier:
+                # Wake the thread only when this lease is due before its next wake-up.
                 self._cond.notify()
 
     def unregister(self, lease: Lease) -> None:

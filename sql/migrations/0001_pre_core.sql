@@ -148,7 +148,6 @@ comment on function sentinel._check_text(text, text, integer) is
 -- hard deadline, or its worker stopped renewing it.
 create function sentinel._lapse_reason(e sentinel.executions) returns text
     language sql immutable
-    set search_path = pg_catalog, pg_temp
     as $$
     select case
         when e.lease_expires_at >= e.hard_expires_at
@@ -165,7 +164,6 @@ comment on function sentinel._lapse_reason(sentinel.executions) is
 create function sentinel._observe(e sentinel.executions, p_fingerprint text, p_now timestamptz)
     returns text
     language sql immutable
-    set search_path = pg_catalog, pg_temp
     as $$
     select case
         when p_fingerprint is not null and e.fingerprint is not null
@@ -200,7 +198,6 @@ comment on type sentinel.acquire_result_v1 is
 create function sentinel._acquire_result(p_outcome text, e sentinel.executions, p_now timestamptz)
     returns sentinel.acquire_result_v1
     language sql immutable
-    set search_path = pg_catalog, pg_temp
     as $$
     -- A mismatch reveals nothing of another caller's response or error.
     select row(
@@ -241,8 +238,14 @@ declare
     v_exists boolean;
     e        sentinel.executions;
 begin
-    perform sentinel._check_key(p_ns, p_key);
-    perform sentinel._check_text('owner', p_owner, 200);
+    -- Cheap checks inline; the helpers raise the documented error when one fails.
+    if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
+       or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        perform sentinel._check_key(p_ns, p_key);
+    end if;
+    if p_owner is null or length(p_owner) > 200 or btrim(p_owner) = '' then
+        perform sentinel._check_text('owner', p_owner, 200);
+    end if;
     if p_ttl is null or p_ttl <= 0 or p_ttl > 2592000000 then
         raise exception 'sentinel: ttl_ms must be between 1 and 2592000000 (30 days), got %', coalesce(p_ttl::text, 'NULL')
             using errcode = 'SN003';
@@ -360,8 +363,13 @@ declare
     p_fence constant bigint := begin_v1.fence;
     v_now   constant timestamptz := sentinel._now();
 begin
-    perform sentinel._check_key(p_ns, p_key);
-    perform sentinel._check_fence(p_fence);
+    if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
+       or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        perform sentinel._check_key(p_ns, p_key);
+    end if;
+    if p_fence is null or p_fence <= 0 then
+        perform sentinel._check_fence(p_fence);
+    end if;
     update sentinel.executions x
        set state = 'executing',
            started_at = v_now,
@@ -403,8 +411,13 @@ declare
     v_now   constant timestamptz := sentinel._now();
     e       sentinel.executions;
 begin
-    perform sentinel._check_key(p_ns, p_key);
-    perform sentinel._check_fence(p_fence);
+    if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
+       or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        perform sentinel._check_key(p_ns, p_key);
+    end if;
+    if p_fence is null or p_fence <= 0 then
+        perform sentinel._check_fence(p_fence);
+    end if;
     update sentinel.executions x
        set lease_expires_at = least(v_now + x.ttl_ms * interval '1 millisecond', x.hard_expires_at),
            updated_at = v_now
@@ -461,8 +474,13 @@ declare
     v_now constant timestamptz := sentinel._now();
     e     sentinel.executions;
 begin
-    perform sentinel._check_key(p_ns, p_key);
-    perform sentinel._check_fence(p_fence);
+    if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
+       or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        perform sentinel._check_key(p_ns, p_key);
+    end if;
+    if p_fence is null or p_fence <= 0 then
+        perform sentinel._check_fence(p_fence);
+    end if;
     update sentinel.executions x
        set state = p_state,
            response = p_response,
@@ -559,8 +577,13 @@ declare
     v_now   constant timestamptz := sentinel._now();
     e       sentinel.executions;
 begin
-    perform sentinel._check_key(p_ns, p_key);
-    perform sentinel._check_fence(p_fence);
+    if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
+       or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
+        perform sentinel._check_key(p_ns, p_key);
+    end if;
+    if p_fence is null or p_fence <= 0 then
+        perform sentinel._check_fence(p_fence);
+    end if;
     perform sentinel._check_text('reason', abandon_v1.reason, 1000);
     select * into e from sentinel.executions x
      where x.namespace = p_ns and x.key = p_key
@@ -625,7 +648,6 @@ comment on type sentinel.execution_v1 is
 create function sentinel._execution(e sentinel.executions, p_now timestamptz)
     returns sentinel.execution_v1
     language sql immutable
-    set search_path = pg_catalog, pg_temp
     as $$
     select row(
         e.namespace, e.key,

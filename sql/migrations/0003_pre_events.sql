@@ -33,8 +33,6 @@ revoke all on table sentinel.events from public;
 
 create function sentinel._log_transition() returns trigger
     language plpgsql
-    security definer
-    set search_path = pg_catalog, pg_temp
     as $$
 declare
     v_reconciled boolean := tg_op = 'UPDATE' and new.reconciled_at is distinct from old.reconciled_at
@@ -62,7 +60,9 @@ begin
 end
 $$;
 comment on function sentinel._log_transition() is
-    'Trigger function: writes one sentinel.events row for a new execution record or a change of its state or fence.';
+    'Trigger function: writes one sentinel.events row for a new execution record or a change of its state or fence. '
+    'It runs as the writer of sentinel.executions, which is always the schema owner (through the protocol functions, '
+    'whose search_path is pinned).';
 
 create trigger executions_log_insert
     after insert on sentinel.executions

@@ -59,7 +59,6 @@ comment on function sentinel.channel_v1(text) is
 
 create function sentinel._notify_watchers(p_namespace text, p_key text) returns void
     language plpgsql
-    set search_path = pg_catalog, pg_temp
     as $$
 begin
     if exists (select 1 from sentinel.watchers w
@@ -73,8 +72,6 @@ comment on function sentinel._notify_watchers(text, text) is
 
 create or replace function sentinel._log_transition() returns trigger
     language plpgsql
-    security definer
-    set search_path = pg_catalog, pg_temp
     as $$
 declare
     v_reconciled boolean := tg_op = 'UPDATE' and new.reconciled_at is distinct from old.reconciled_at
@@ -108,8 +105,6 @@ $$;
 -- A claim released by abandon_v1 changes only its lease: wake waiters too.
 create function sentinel._notify_release() returns trigger
     language plpgsql
-    security definer
-    set search_path = pg_catalog, pg_temp
     as $$
 begin
     perform sentinel._notify_watchers(new.namespace, new.key);
@@ -181,7 +176,12 @@ begin
         raise exception 'sentinel: retain_ms must be NULL or between 0 and 3153600000000 (100 years)'
             using errcode = 'SN003';
     end if;
-    r := sentinel.complete_v1(complete_v2.namespace, complete_v2.key, complete_v2.fence, complete_v2.response);
+    if complete_v2.response is null then
+        raise exception 'sentinel: response must not be SQL NULL (use the JSON value null)'
+            using errcode = 'SN009';
+    end if;
+    r := sentinel._finish(complete_v2.namespace, complete_v2.key, complete_v2.fence,
+                          'completed', complete_v2.response, null, false);
     if r.outcome = 'recorded' and complete_v2.retain_ms is not null then
         update sentinel.executions x
            set retain_until = r.now + complete_v2.retain_ms * interval '1 millisecond'
@@ -208,7 +208,12 @@ begin
         raise exception 'sentinel: retain_ms must be NULL or between 0 and 3153600000000 (100 years)'
             using errcode = 'SN003';
     end if;
-    r := sentinel.fail_v1(fail_v2.namespace, fail_v2.key, fail_v2.fence, fail_v2.error, fail_v2.permanent);
+    if fail_v2.error is null then
+        raise exception 'sentinel: error must not be SQL NULL'
+            using errcode = 'SN009';
+    end if;
+    r := sentinel._finish(fail_v2.namespace, fail_v2.key, fail_v2.fence,
+                          'failed', null, fail_v2.error, coalesce(fail_v2.permanent, false));
     if r.outcome = 'recorded' and fail_v2.retain_ms is not null then
         update sentinel.executions x
            set retain_until = r.now + fail_v2.retain_ms * interval '1 millisecond'
