@@ -316,8 +316,8 @@ class Sentinel:
 
     Give it one source of connections:
 
-    - ``conninfo``: a libpq connection string; Sentinel keeps a small private
-      pool (``psycopg_pool``) so calls do not pay for new connections.
+    - ``conninfo``: a libpq connection string; Sentinel keeps up to
+      ``pool_size`` idle connections so calls do not pay for new ones.
     - ``pool``: your ``psycopg_pool.ConnectionPool``.
     - ``get_conn``: a callable returning a *new* ``psycopg.Connection`` for
       each call; Sentinel closes it when the call ends.

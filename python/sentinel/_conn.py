@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator
+import threading
+from typing import Any, Callable, Iterator, List, Optional
 
 import psycopg
 from psycopg import pq
@@ -179,26 +180,76 @@ class PoolSource(Source):
             self._pool.close()
 
 
-def conninfo_source(conninfo: str, *, max_size: int = 10, timeout: float = 10.0) -> PoolSource:
-    """A private pool of autocommit connections to ``conninfo``.
+class ConninfoSource(Source):
+    """Sentinel's own connections to ``conninfo``: a small LIFO of idle autocommit connections.
 
-    ``timeout``: how long a call waits for a connection before raising
-    :class:`DatabaseUnavailable`.
+    A call takes an idle connection (or opens one), and gives it back after;
+    at most ``max_idle`` are kept. Nothing waits for a free slot: each
+    concurrent call has its own connection. A call gives its connection back
+    while the user's function runs; the heartbeat and the listener have
+    dedicated connections.
     """
-    from psycopg_pool import ConnectionPool
 
-    def configure(conn: psycopg.Connection[Any]) -> None:
-        conn.autocommit = True
+    hold_during_fn = False
 
-    pool: Any = ConnectionPool(
-        conninfo,
-        min_size=1,
-        max_size=max_size,
-        configure=configure,
-        open=False,
-        name="sentinel",
-        timeout=timeout,
-    )
-    with wrap_exceptions():
-        pool.open(wait=False)
-    return PoolSource(pool, owned=True)
+    def __init__(self, conninfo: str, *, max_idle: int = 10, connect_timeout: float = 10.0) -> None:
+        self._conninfo = conninfo
+        self._max_idle = max(0, max_idle)
+        self._timeout = max(1, int(round(connect_timeout)))
+        self._idle: List[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        with wrap_exceptions():
+            return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=self._timeout)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        conn: Optional[psycopg.Connection[Any]] = None
+        with self._lock:
+            while self._idle:
+                candidate = self._idle.pop()
+                if not candidate.closed:
+                    conn = candidate
+                    break
+        if conn is None:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            kept = False
+            if (not self._closed and not conn.closed and not conn.broken
+                    and conn.info.transaction_status == pq.TransactionStatus.IDLE):
+                with self._lock:
+                    if len(self._idle) < self._max_idle:
+                        self._idle.append(conn)
+                        kept = True
+            if not kept:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    @contextlib.contextmanager
+    def dedicated(self) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._connect()
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def conninfo_source(conninfo: str, *, max_size: int = 10, timeout: float = 10.0) -> ConninfoSource:
+    """Sentinel's own connections to ``conninfo`` (see :class:`ConninfoSource`).
+
+    ``timeout``: libpq's connect timeout, in seconds (at least 1).
+    """
+    return ConninfoSource(conninfo, max_idle=max_size, connect_timeout=timeout)
