@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick
+.PHONY: help venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
 
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
 	@echo "make test        pytest and the pgTAP suite against a throwaway PostgreSQL"
 	@echo "make check       ruff, mypy --strict, squawk on the migrations"
+	@echo "make chaos       fault injection (~2.5 min): kills, zombies, dropped backends, crash restarts, PgBouncer"
 	@echo "make bench       benchmark against floors measured in the same run (~4 min, bench/results/latest.json)"
 	@echo "make test-other-languages  the psql and Node.js clients and the cross-language race (needs node, npm)"
 	@echo "make django-example  the Django example shop (examples/django) on a throwaway PostgreSQL"
@@ -54,11 +55,14 @@ bench: venv $(VENV)/.bench-installed
 bench-quick: venv $(VENV)/.bench-installed
 	$(PY) bench/run.py --quick
 
+chaos: venv
+	$(PY) chaos/run.py
+
 demo: venv
 	$(PY) examples/demo.py
 
 lint: venv
-	$(PY) -m ruff check python tests examples bench
+	$(PY) -m ruff check python tests examples bench chaos
 	$(VENV)/bin/squawk sql/migrations/*.sql
 
 typecheck: venv

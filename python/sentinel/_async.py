@@ -348,11 +348,14 @@ class _Heartbeater:
             raise RuntimeError("this AsyncSentinel is closed")
         lease.id = next(self._ids)
         self._leases[lease.id] = lease
-        heapq.heappush(self._heap, (time.monotonic() + lease.interval, lease.id))
+        due = time.monotonic() + lease.interval
+        wakes_earlier = not self._heap or due < self._heap[0][0]
+        heapq.heappush(self._heap, (due, lease.id))
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sentinel-heartbeat")
-        elif self._wake is not None:
+        elif wakes_earlier and self._wake is not None:
+            # Wake the task only when this lease is due before its next wake-up.
             self._wake.set()
 
     def unregister(self, lease: _AsyncLease) -> None:

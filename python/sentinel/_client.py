@@ -35,7 +35,7 @@ from ._events import (
 )
 from ._heartbeat import Heartbeater, Lease
 from ._schema import check_compatible
-from ._support import Listener, ResponseCache, auto_fingerprint, default_dumps
+from ._support import Listener, ResponseCache, auto_fingerprint, decode_like_jsonb, default_dumps
 from .errors import (
     DatabaseUnavailable,
     ExecutionInProgress,
@@ -281,7 +281,7 @@ class Transaction:
         s, call = self._sentinel, self._call
         try:
             text = s._dumps(response)
-            value = s._loads(json.loads(text))
+            value = s._loads(decode_like_jsonb(text))
         except Exception as exc:
             raise ResultNotSerializable(
                 f"{s.namespace}/{call.key}: the response could not be serialised ({exc}); "
@@ -327,7 +327,9 @@ class Sentinel:
     database. ``dumps`` turns a function's return value into JSON text
     (default: ``json.dumps`` without NaN). ``pool_size`` and
     ``connect_timeout`` (seconds a call waits for a connection before raising
-    :class:`DatabaseUnavailable`) apply to the private pool of ``conninfo``.
+    :class:`DatabaseUnavailable`) apply to the connections of ``conninfo``,
+    which use no server-side prepared statements (so they work behind a
+    transaction-pooling PgBouncer) unless ``prepared_statements=True``.
     With ``check_schema`` (the default) the first call checks, once, that the
     database's schema is recent enough for this client and still provides its
     protocol version, and raises :class:`SchemaError` naming the command to
@@ -353,6 +355,7 @@ class Sentinel:
         dumps: Optional[Callable[[Any], str]] = None,
         pool_size: int = 10,
         connect_timeout: float = 10.0,
+        prepared_statements: bool = False,
         check_schema: bool = True,
         observers: Sequence[Observer] = (),
         on_uncertain: Optional[Probe] = None,
@@ -408,7 +411,8 @@ class Sentinel:
             source = PoolSource(pool)
         else:
             assert conninfo is not None
-            source = conninfo_source(conninfo, max_size=pool_size, timeout=connect_timeout)
+            source = conninfo_source(conninfo, max_size=pool_size, timeout=connect_timeout,
+                                     prepared_statements=prepared_statements)
         self._source = source
         self._observers: List[Observer] = list(observers)
         self._on_uncertain = on_uncertain
@@ -745,7 +749,7 @@ class Sentinel:
             text = self._dumps(value)
             if not isinstance(text, str):
                 raise TypeError(f"the serializer returned {type(text).__name__}, not str")
-            recorded_value = self._loads(json.loads(text))
+            recorded_value = self._loads(decode_like_jsonb(text))
         except Exception as exc:
             recorded = self._abandon(
                 conn, ns, key, fence, f"result not serialisable: {type(exc).__name__}: {exc}"[:1000],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import threading
 from typing import Any, Callable, Iterator, List, Optional
 
@@ -192,8 +193,12 @@ class ConninfoSource(Source):
 
     hold_during_fn = False
 
-    def __init__(self, conninfo: str, *, max_idle: int = 10, connect_timeout: float = 10.0) -> None:
+    def __init__(self, conninfo: str, *, max_idle: int = 10, connect_timeout: float = 10.0,
+                 prepared_statements: bool = False) -> None:
         self._conninfo = conninfo
+        # Server-side prepared statements break behind a transaction-pooling
+        # PgBouncer (before 1.21); the protocol functions cache their own plans.
+        self._prepare_threshold: Optional[int] = 5 if prepared_statements else None
         self._max_idle = max(0, max_idle)
         self._timeout = max(1, int(round(connect_timeout)))
         self._idle: List[psycopg.Connection[Any]] = []
@@ -202,7 +207,8 @@ class ConninfoSource(Source):
 
     def _connect(self) -> psycopg.Connection[Any]:
         with wrap_exceptions():
-            return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=self._timeout)
+            return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=self._timeout,
+                                   prepare_threshold=self._prepare_threshold)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -210,9 +216,11 @@ class ConninfoSource(Source):
         with self._lock:
             while self._idle:
                 candidate = self._idle.pop()
-                if not candidate.closed:
+                if _healthy(candidate):
                     conn = candidate
                     break
+                with contextlib.suppress(Exception):
+                    candidate.close()
         if conn is None:
             conn = self._connect()
         try:
@@ -247,9 +255,27 @@ class ConninfoSource(Source):
                 conn.close()
 
 
-def conninfo_source(conninfo: str, *, max_size: int = 10, timeout: float = 10.0) -> ConninfoSource:
+def conninfo_source(conninfo: str, *, max_size: int = 10, timeout: float = 10.0,
+                    prepared_statements: bool = False) -> ConninfoSource:
     """Sentinel's own connections to ``conninfo`` (see :class:`ConninfoSource`).
 
     ``timeout``: libpq's connect timeout, in seconds (at least 1).
     """
-    return ConninfoSource(conninfo, max_idle=max_size, connect_timeout=timeout)
+    return ConninfoSource(conninfo, max_idle=max_size, connect_timeout=timeout,
+                          prepared_statements=prepared_statements)
+
+
+def _healthy(conn: psycopg.Connection[Any]) -> bool:
+    """An idle connection that the server has not closed meanwhile.
+
+    A server restart or a terminated backend makes the socket of an idle
+    connection readable (an error message, or end of file): such a connection
+    is dropped here, without a round trip, instead of failing the next call.
+    """
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return not readable

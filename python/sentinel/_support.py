@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import decimal
 import hashlib
 import json
 import logging
@@ -31,6 +32,20 @@ def encode_default(value: Any) -> Any:
 def default_dumps(value: Any) -> str:
     """The default serializer: JSON without NaN/Infinity; dataclasses as objects."""
     return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"), default=encode_default)
+
+
+def _jsonb_number(text: str) -> Any:
+    """A JSON number as a replay will see it: jsonb stores numeric and prints it without exponent."""
+    return json.loads(format(decimal.Decimal(text), "f"))
+
+
+def decode_like_jsonb(text: str) -> Any:
+    """Decode the JSON text of a response exactly as it will come back from jsonb.
+
+    ``1e16`` is stored as the numeric ``10000000000000000`` and replayed as an
+    int, so the fresh caller must get the same int, not the float.
+    """
+    return json.loads(text, parse_float=_jsonb_number)
 
 
 # -- fingerprints -----------------------------------------------------------------
