@@ -114,7 +114,7 @@ def parse_scenarios(spec: Optional[str]) -> List[str]:
             continue
         name = by_number.get(part.upper(), part)
         if name not in SCENARIOS:
-            raise SystemExit(f"unknown scenario {part!r}; choose from {', '.join(SCENARIOS)} or 1-8")
+            raise SystemExit(f"unknown scenario {part!r}; choose from {', '.join(SCENARIOS)} or their numbers")
         if name not in out:
             out.append(name)
     return out

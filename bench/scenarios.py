@@ -2,8 +2,8 @@
 
 Connection choice
     ``once()`` is measured through ``Sentinel(conninfo=...)``: the documented
-    production path, whose private ``psycopg_pool`` keeps warm connections, so
-    no call pays for connecting (a ``get_conn`` source is closed after every
+    production path, which keeps warm idle connections of its own, so no call
+    pays for connecting (a ``get_conn`` source is closed after every
     call by design, so it cannot hold a persistent connection). Its costs (two
     pool check-outs per fresh call, the heartbeat registration, JSON, the
     result object) are real costs of ``once()`` and are meant to show up
@@ -138,8 +138,8 @@ class Params:
     def make(cls, quick: bool) -> Params:
         if not quick:
             p = cls(quick=False)
-            p.budgets = {"fresh": 40, "replay": 30, "concurrency": 100, "hotkey": 45, "heartbeat": 100,
-                         "scale": 150, "dbos": 45, "pgbench": 70, "profile": 60}
+            p.budgets = {"fresh": 40, "replay": 30, "cache": 20, "wait": 40, "concurrency": 100, "hotkey": 45,
+                         "heartbeat": 100, "scale": 150, "dbos": 45, "pgbench": 70, "profile": 60}
             return p
         p = cls(
             quick=True, s1_warmup=100, s1_block=100, s1_rounds=3, s2_warmup=100, s2_block=200, s2_rounds=3,
@@ -148,8 +148,8 @@ class Params:
             s6_block=50, s6_rounds=4, s7_warmup=10, s7_block=40, s7_rounds=2, s7_replay_keys=100,
             s8_seconds=1.0, s8_rounds=1,
         )
-        p.budgets = {"fresh": 10, "replay": 8, "concurrency": 20, "hotkey": 10, "heartbeat": 20, "scale": 25,
-                     "dbos": 15, "pgbench": 20, "profile": 15}
+        p.budgets = {"fresh": 10, "replay": 8, "cache": 6, "wait": 15, "concurrency": 20, "hotkey": 10,
+                     "heartbeat": 20, "scale": 25, "dbos": 15, "pgbench": 20, "profile": 15}
         return p
 
 
@@ -1101,18 +1101,130 @@ def _dbos(ctx: Ctx) -> List[Row]:
     return peer_dbos.s7_dbos(ctx)
 
 
+# -- 2c. replay from the local cache ------------------------------------------------
+
+
+def s2c_cache(ctx: Ctx) -> List[Row]:
+    """Replay once() with the local response cache on, against one primary-key select."""
+    p = ctx.params
+    run = ctx.run_id
+    ns = f"s2c-{run}"
+    n = min(p.s2_keys, 500)
+    with _connect(ctx.dsn) as conn:
+        s = Sentinel(conninfo=ctx.dsn, namespace=ns, default_ttl_ms=3000, cache_size=10_000, cache_ttl_ms=60_000)
+        for i in range(n):
+            s.once(f"c-{i}", _small)
+            conn.execute("insert into bench.floor (k, v) values (%s, %s::jsonb)", (f"s2c-{run}-{i}", SMALL_RESPONSE))
+        order = list(range(n))
+        random.Random(3).shuffle(order)
+
+        def floor(i: int) -> None:
+            row = conn.execute(FLOOR_SELECT, (f"s2c-{run}-{order[i % n]}",)).fetchone()
+            assert row is not None
+
+        def cached(i: int) -> None:
+            r = s.once(f"c-{order[i % n]}", _small)
+            if not r.cached:
+                raise RuntimeError(f"cached replay expected: {r}")
+
+        vs = [Variant("floor", floor), Variant("cached", cached)]
+        try:
+            interleave(vs, warmup=p.s2_warmup, block=p.s2_block, rounds=p.s2_rounds, deadline=ctx.deadline)
+        finally:
+            s.close()
+    sf, sc = (summarize(v.samples) for v in vs)
+    ctx.details.update({"floor": sf.as_dict(), "cached": sc.as_dict()})
+    speedup = sf.median_us / sc.median_us if sc.median_us > 0 else math.nan
+    return [
+        _lat_row("2c cache", "once() replay from the local cache", sc, sf, target=0.05, floor_name="PK select",
+                 note=f"{speedup:.0f}x faster than the floor (target: at least 20x, i.e. ratio <= 0.05)"),
+    ]
+
+
+# -- 9. waiting for another worker's result ----------------------------------------------
+
+
+def _wait_trial(owner: Sentinel, waiter: Sentinel, key: str, alive: threading.Semaphore) -> int:
+    """One trial: the owner runs ``key``; the waiter waits; ns from the owner's recording to the answer (>= 0)."""
+    started, release = threading.Event(), threading.Event()
+    times: Dict[str, Any] = {}
+
+    def work() -> Dict[str, bool]:
+        started.set()
+        release.wait(30)
+        return {"ok": True}
+
+    def run_owner() -> None:
+        owner.once(key, work, ttl_ms=10_000)
+        times["recorded"] = time.perf_counter()
+
+    def run_waiter() -> None:
+        times["result"] = waiter.once(key, _small, wait_ms=20_000)
+        times["answered"] = time.perf_counter()
+
+    th = threading.Thread(target=run_owner)
+    th.start()
+    started.wait(30)
+    tw = threading.Thread(target=run_waiter)
+    tw.start()
+    # The waiter answers 'alive' twice before it sleeps: its first acquire, and
+    # the re-check after it registered its watch.
+    for _ in range(2):
+        alive.acquire(timeout=30)
+    release.set()
+    th.join(30)
+    tw.join(30)
+    result = times.get("result")
+    if result is None or not result.replayed:
+        raise RuntimeError(f"the waiter did not get the replay: {result}")
+    return max(int((times["answered"] - times["recorded"]) * 1e9), 0)
+
+
+def s9_wait(ctx: Ctx) -> List[Row]:
+    """once(wait_ms): from the owner's recorded completion to the waiter's answer, LISTEN vs polling."""
+    trials = 8 if ctx.params.quick else 30
+    rows: List[Row] = []
+    modes: List[Tuple[str, str, Dict[str, Any]]] = [
+        ("LISTEN/NOTIFY", "listen", {"poll_interval_ms": 5000}),
+        ("polling every 100 ms", "poll", {"listen": False, "poll_interval_ms": 100}),
+    ]
+    for mode, tag, options in modes:
+        ns = f"s9-{ctx.run_id}-{tag}"
+        alive = threading.Semaphore(0)
+
+        def count_alive(event: Any, alive: threading.Semaphore = alive) -> None:
+            if event.kind == "alive":
+                alive.release()
+
+        owner = Sentinel(conninfo=ctx.dsn, namespace=ns, fingerprints=False)
+        waiter = Sentinel(conninfo=ctx.dsn, namespace=ns, fingerprints=False, observers=[count_alive], **options)
+        samples: List[int] = []
+        try:
+            for t in range(trials):
+                if ctx.left() < 5:
+                    break
+                samples.append(_wait_trial(owner, waiter, f"w-{t}", alive))
+        finally:
+            owner.close()
+            waiter.close()
+        rows.append(_lat_row("9 wait", f"wait_ms, {mode}: completion -> waiter's answer", summarize(samples),
+                             show_ops=False, note=f"{len(samples)} trials"))
+    return rows
+
 SCENARIOS: Dict[str, Tuple[str, Callable[[Ctx], List[Row]]]] = {
     "fresh": ("1", s1_fresh),
     "replay": ("2", s2_replay),
+    "cache": ("2c", s2c_cache),
     "concurrency": ("3", s3_concurrency),
     "hotkey": ("4", s4_hotkey),
     "heartbeat": ("5", s5_heartbeat),
     "scale": ("6", s6_scale),
     "dbos": ("7", _dbos),
     "pgbench": ("8", s8_pgbench),
+    "wait": ("9", s9_wait),
     "profile": ("P", s_profile),
 }
-DEFAULT = ["fresh", "replay", "concurrency", "hotkey", "heartbeat", "scale", "dbos", "pgbench"]
+DEFAULT = ["fresh", "replay", "cache", "concurrency", "hotkey", "heartbeat", "scale", "dbos", "pgbench", "wait"]
 
 
 __all__ = ["Ctx", "Params", "SCENARIOS", "DEFAULT"]
