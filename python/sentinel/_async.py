@@ -18,9 +18,9 @@ import functools
 import heapq
 import inspect
 import itertools
-import json
 import logging
 import random
+import select
 import time
 from datetime import datetime
 from typing import (
@@ -63,7 +63,7 @@ from ._conn import is_connection_loss, wrap_exceptions
 from ._events import DidNotHappen, Happened, Observer, ProbeAnswer, UncertainKey, Unknown, probe_name
 from ._heartbeat import HEARTBEAT_SQL, Lease
 from ._schema import SchemaStatus, migrations, required_version
-from ._support import channel
+from ._support import channel, decode_like_jsonb
 from .errors import (
     DatabaseUnavailable,
     FencedOut,
@@ -225,14 +225,46 @@ class _PoolSource(_AsyncSource):
             await self._pool.close()
 
 
-class _PrivatePoolSource(_PoolSource):
-    """The private pool of ``conninfo=``: created and opened on first use, inside the event loop."""
+def _idle_healthy(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """``_conn._healthy`` for an AsyncConnection: not closed by the server while idle (no round trip).
 
-    def __init__(self, conninfo: str, *, max_size: int, timeout: float) -> None:
+    A terminated backend or a server restart makes an idle connection's socket
+    readable (an error message, or end of file).
+    """
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return not readable
+
+
+async def _check_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The private pool's ``check``: drop a connection the server closed while it was idle."""
+    if not _idle_healthy(conn):
+        # Closed, so that the pool replaces it (a connection libpq still thinks
+        # idle would be put back and handed out again).
+        with contextlib.suppress(Exception):
+            await conn.close()
+        raise psycopg.OperationalError("the server closed this idle connection")
+
+
+class _PrivatePoolSource(_PoolSource):
+    """The private pool of ``conninfo=``: created and opened on first use, inside the event loop.
+
+    Its connections use no server-side prepared statements unless
+    ``prepared_statements`` (they break behind a transaction-pooling
+    PgBouncer), and a connection the server closed while idle is dropped when
+    it is taken (psycopg_pool >= 3.2), instead of failing the call.
+    """
+
+    def __init__(self, conninfo: str, *, max_size: int, timeout: float, prepared_statements: bool = False) -> None:
         super().__init__(None, owned=True)
         self._conninfo = conninfo
         self._max_size = max_size
         self._timeout = timeout
+        self._prepare_threshold: Optional[int] = 5 if prepared_statements else None
         self._opening: Optional[asyncio.Future[None]] = None
 
     async def open(self) -> None:
@@ -252,9 +284,13 @@ class _PrivatePoolSource(_PoolSource):
         async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.set_autocommit(True)
 
+        options: Dict[str, Any] = {}
+        if "check" in inspect.signature(AsyncConnectionPool).parameters:  # psycopg_pool >= 3.2
+            options["check"] = _check_idle
         pool: Any = AsyncConnectionPool(
-            self._conninfo, min_size=1, max_size=self._max_size, configure=configure, open=False,
-            name="sentinel", timeout=self._timeout,
+            self._conninfo, kwargs={"prepare_threshold": self._prepare_threshold}, min_size=1,
+            max_size=self._max_size, configure=configure, open=False, name="sentinel", timeout=self._timeout,
+            **options,
         )
         with wrap_exceptions():
             await pool.open(wait=False)
@@ -613,7 +649,7 @@ class AsyncTransaction:
         ns = core.namespace
         try:
             text = core._dumps(response)
-            value = core._loads(json.loads(text))
+            value = core._loads(decode_like_jsonb(text))
         except Exception as exc:
             raise ResultNotSerializable(
                 f"{ns}/{call.key}: the response could not be serialised ({exc}); "
@@ -636,9 +672,13 @@ class AsyncSentinel:
     Give it one source of connections:
 
     - ``conninfo``: a libpq connection string; a private
-      ``psycopg_pool.AsyncConnectionPool`` (``pool_size``, ``connect_timeout``)
-      is created and opened on first use, or by ``await s.open()`` /
-      ``async with AsyncSentinel(...) as s``.
+      ``psycopg_pool.AsyncConnectionPool`` (at most ``pool_size`` connections;
+      a call waits up to ``connect_timeout`` seconds for one, then raises
+      :class:`DatabaseUnavailable`) is created and opened on first use, or by
+      ``await s.open()`` / ``async with AsyncSentinel(...) as s``. Its
+      connections use no server-side prepared statements (so they work behind
+      a transaction-pooling PgBouncer) unless ``prepared_statements=True``;
+      one the server closed while idle is dropped instead of failing a call.
     - ``pool``: your ``psycopg_pool.AsyncConnectionPool``. A call gives its
       connection back while the function runs; the heartbeat and the LISTEN
       waiter use connections of their own built from ``pool.conninfo`` and
@@ -671,6 +711,7 @@ class AsyncSentinel:
         dumps: Optional[Callable[[Any], str]] = None,
         pool_size: int = 10,
         connect_timeout: float = 10.0,
+        prepared_statements: bool = False,
         check_schema: bool = True,
         observers: Sequence[Observer] = (),
         on_uncertain: Optional[AsyncProbe] = None,
@@ -715,7 +756,8 @@ class AsyncSentinel:
             source = _PoolSource(pool)
         else:
             assert conninfo is not None
-            source = _PrivatePoolSource(conninfo, max_size=pool_size, timeout=connect_timeout)
+            source = _PrivatePoolSource(conninfo, max_size=pool_size, timeout=connect_timeout,
+                                        prepared_statements=prepared_statements)
         self._source = source
         self._heartbeat = _Heartbeater(source, on_lost=self._lease_lost)
         self._listener: Optional[_Listener] = None
@@ -1067,7 +1109,7 @@ class AsyncSentinel:
             text = core._dumps(value)
             if not isinstance(text, str):
                 raise TypeError(f"the serializer returned {type(text).__name__}, not str")
-            recorded_value = core._loads(json.loads(text))
+            recorded_value = core._loads(decode_like_jsonb(text))
         except Exception as exc:
             recorded = await self._abandon(
                 conn, ns, key, fence, f"result not serialisable: {type(exc).__name__}: {exc}"[:1000],

@@ -432,6 +432,9 @@ class Sentinel:
 
     def _emit(self, kind: str, ns: str, key: str, fence: Optional[int] = None, attempt: Optional[int] = None,
               duration_s: Optional[float] = None, error: Optional[BaseException] = None, **details: Any) -> None:
+        if not self._observers and not logger.isEnabledFor(
+                logging.WARNING if kind in ("uncertain", "fenced", "lease_lost") else logging.DEBUG):
+            return  # nobody listens: build no event (this is on every call's path)
         emit(self._observers, Event(kind, ns, key, fence, attempt, duration_s, error, details))
 
     def _lease_lost(self, lease: Lease) -> None:
