@@ -13,6 +13,7 @@ alive::
 
 from __future__ import annotations
 
+from ._async import AsyncExecutionContext, AsyncSentinel, AsyncTransaction
 from ._client import ExecutionContext, LeaseLost, Result, Sentinel, Transaction, current_execution, unwrap
 from ._events import EVENT_KINDS, DidNotHappen, Event, Happened, Observer, Probe, ProbeAnswer, UncertainKey, Unknown
 from ._schema import SchemaStatus, check_compatible, init_db, migrations, required_version, sql_dir, status
@@ -47,6 +48,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Sentinel",
+    "AsyncSentinel",
+    "AsyncExecutionContext",
+    "AsyncTransaction",
     "Result",
     "ExecutionContext",
     "LeaseLost",

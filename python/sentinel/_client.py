@@ -404,6 +404,7 @@ class Sentinel:
         self._listen = bool(listen)
         self._poll_s = _check_ttl("poll_interval_ms", poll_interval_ms) / 1000.0
         self._listener_obj: Optional[Listener] = None
+        self._closed = False
         source: Source
         if get_conn is not None:
             source = GetConnSource(get_conn)
@@ -441,7 +442,8 @@ class Sentinel:
         self._emit("lease_lost", lease.namespace, lease.key, lease.fence, reason=lease.lost_reason)
 
     def close(self) -> None:
-        """Stop the heartbeat and listener threads and close the private pool, if any."""
+        """Stop the heartbeat and listener threads and close Sentinel's own connections."""
+        self._closed = True
         self._heartbeat.close()
         if self._listener_obj is not None:
             self._listener_obj.close()
@@ -569,6 +571,8 @@ class Sentinel:
         stays uncertain). The probe is recorded as the reconcile's actor; the
         role needs the operator grant.
         """
+        if self._closed:
+            raise SentinelError("this Sentinel is closed")
         call = self._call(key, fn, args, kwargs, ttl_ms, hard_ttl_ms, fingerprint, pass_context, retain_ms,
                           permanent)
         if isinstance(wait_ms, bool) or not isinstance(wait_ms, int) or wait_ms < 0 or wait_ms > MAX_TTL_MS:
@@ -588,23 +592,21 @@ class Sentinel:
         return result
 
     def _wait(self, call: _Call, result: Result, wait_ms: int) -> Result:
-        """Wait for another worker's outcome: NOTIFY wakes us, polling is the fallback."""
+        """Wait for another worker's outcome: NOTIFY wakes us, polling is the fallback.
+
+        Until the LISTEN connection is ready (or when it cannot be, behind a
+        transaction-pooling PgBouncer) the call polls every ``poll_interval_ms``;
+        once it is ready, the key is watched (``watch_v1``) and checked again,
+        and a notification wakes the call at the other worker's commit.
+        """
         deadline = time.monotonic() + wait_ms / 1000.0
         listener = self._listener()
         event = listener.register(call.key) if listener is not None else None
         watch_id: Optional[int] = None
-        if listener is not None and listener.ready.is_set():
-            # LISTEN is on: ask the database to NOTIFY this key's outcome (it
-            # notifies only watched keys), then check the key again below.
-            try:
-                with self._source.connection() as conn, wrap_exceptions():
-                    row = conn.execute("select sentinel.watch_v1(%s, %s, %s)",
-                                       (self.namespace, call.key, wait_ms)).fetchone()
-                    watch_id = int(row[0]) if row else None
-            except DatabaseUnavailable:
-                watch_id = None
         try:
             while True:
+                if watch_id is None and listener is not None and listener.ready.is_set():
+                    watch_id = self._watch(call.key, max(int((deadline - time.monotonic()) * 1000), 1))
                 listening = watch_id is not None and listener is not None and listener.ready.is_set()
                 if event is not None:
                     event.clear()
@@ -618,6 +620,8 @@ class Sentinel:
                 pause = min(remaining, max(self._poll_s, 1.0) if listening else self._poll_s)
                 if event is not None and listening:
                     event.wait(pause)
+                elif listener is not None and not listener.ready.is_set():
+                    listener.ready.wait(pause)  # LISTEN coming up: watch as soon as it is
                 else:
                     time.sleep(pause)
         finally:
@@ -630,15 +634,22 @@ class Sentinel:
                 except SentinelError as exc:  # the watcher expires by itself
                     logger.debug("sentinel: unwatch failed: %s", exc)
 
+    def _watch(self, key: str, wait_ms: int) -> Optional[int]:
+        """Ask the database to NOTIFY this key's outcome (it notifies only watched keys)."""
+        try:
+            with self._source.connection() as conn, wrap_exceptions():
+                row = conn.execute("select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, wait_ms)).fetchone()
+                return int(row[0]) if row else None
+        except DatabaseUnavailable:
+            return None
+
     def _listener(self) -> Optional[Listener]:
         if not self._listen:
             return None
         with self._lock:
             if self._listener_obj is None:
                 self._listener_obj = Listener(self._source, self.namespace)
-        listener = self._listener_obj
-        listener.ready.wait(2.0)
-        return listener
+            return self._listener_obj
 
     def _probe(self, probe: Probe, result: Result, call: _Call) -> Result:
         """Ask ``probe`` about an uncertain key and apply its answer through reconcile_v1."""

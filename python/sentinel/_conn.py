@@ -160,10 +160,14 @@ class PoolSource(Source):
 
     @contextlib.contextmanager
     def dedicated(self) -> Iterator[psycopg.Connection[Any]]:
-        kwargs = dict(getattr(self._pool, "kwargs", None) or {})
+        conninfo = self._pool.conninfo
+        conninfo = conninfo() if callable(conninfo) else conninfo  # psycopg_pool 3.3 accepts callables
+        kwargs = getattr(self._pool, "kwargs", None) or {}
+        kwargs = dict(kwargs() if callable(kwargs) else kwargs)
         kwargs["autocommit"] = True
+        connection_class = getattr(self._pool, "connection_class", None) or psycopg.Connection
         with wrap_exceptions():
-            conn = psycopg.connect(self._pool.conninfo, **kwargs)
+            conn = connection_class.connect(conninfo, **kwargs)
         try:
             yield conn
         finally:
