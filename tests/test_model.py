@@ -515,7 +515,7 @@ def test_protocol_follows_the_state_table(clock_conn: psycopg.Connection[Any]) -
     missing = [m for m in must if not REACHED.get(m)]
     assert not missing, f"the machine never reached {missing}; reached {sorted(REACHED)}"
     # The clock replacement never left the transaction.
-    other = psycopg.connect(clock_conn.info.dsn, autocommit=True)
+    other = psycopg.connect(clock_conn.info.dsn, password=clock_conn.info.password or None, autocommit=True)
     try:
         (body,) = other.execute("select prosrc from pg_proc where oid = 'sentinel._now()'::regprocedure").fetchone() \
             or ("",)

@@ -89,7 +89,9 @@ def test_conninfo_carries_user_password_host_port_and_libpq_options(role: str) -
         for django_only in ("server_side_binding", "assume_role", "isolation_level", "cursor_factory", "context",
                             "prepare_threshold"):
             assert django_only not in params
-        with psycopg.connect(conninfo) as conn:  # the server trusts local connections: the password is ignored
+        # Connect with the real password (a server may check it; the embedded one trusts local connections).
+        real = psycopg.conninfo.make_conninfo(conninfo, password=base.get("PASSWORD") or "")
+        with psycopg.connect(real) as conn:
             row = conn.execute("select current_user, current_setting('application_name')").fetchone()
         assert row == (role, "shop web")
     finally:
