@@ -138,8 +138,8 @@ class Params:
     def make(cls, quick: bool) -> Params:
         if not quick:
             p = cls(quick=False)
-            p.budgets = {"fresh": 40, "replay": 30, "cache": 20, "wait": 40, "concurrency": 100, "hotkey": 45,
-                         "heartbeat": 100, "scale": 150, "dbos": 45, "pgbench": 70, "profile": 60}
+            p.budgets = {"fresh": 40, "replay": 30, "cache": 20, "wait": 40, "eventlog": 40, "concurrency": 100,
+                         "hotkey": 45, "heartbeat": 100, "scale": 150, "dbos": 45, "pgbench": 70, "profile": 60}
             return p
         p = cls(
             quick=True, s1_warmup=100, s1_block=100, s1_rounds=3, s2_warmup=100, s2_block=200, s2_rounds=3,
@@ -148,7 +148,7 @@ class Params:
             s6_block=50, s6_rounds=4, s7_warmup=10, s7_block=40, s7_rounds=2, s7_replay_keys=100,
             s8_seconds=1.0, s8_rounds=1,
         )
-        p.budgets = {"fresh": 10, "replay": 8, "cache": 6, "wait": 15, "concurrency": 20, "hotkey": 10,
+        p.budgets = {"fresh": 10, "replay": 8, "cache": 6, "wait": 15, "eventlog": 10, "concurrency": 20, "hotkey": 10,
                      "heartbeat": 20, "scale": 25, "dbos": 15, "pgbench": 20, "profile": 15}
         return p
 
@@ -1211,6 +1211,46 @@ def s9_wait(ctx: Ctx) -> List[Row]:
                              show_ops=False, note=f"{len(samples)} trials"))
     return rows
 
+# -- 10. the event log's cost -------------------------------------------------------------
+
+
+def s10_eventlog(ctx: Ctx) -> List[Row]:
+    """Fresh once() with the event log (two events per run) against the same schema without its triggers."""
+    p = ctx.params
+    name = f"sentinel_bench_nolog_{ctx.run_id}".replace("-", "_")
+    nolog = create_database(ctx.info, name)
+    try:
+        with _connect(nolog) as c:
+            c.execute("drop trigger executions_log_insert on sentinel.executions")
+            c.execute("drop trigger executions_log_transition on sentinel.executions")
+        with_log = Sentinel(conninfo=ctx.dsn, namespace=f"s10-{ctx.run_id}")
+        without = Sentinel(conninfo=nolog, namespace=f"s10-{ctx.run_id}")
+
+        def logged(i: int) -> None:
+            with_log.once(f"log-{i}", _small)
+
+        def unlogged(i: int) -> None:
+            without.once(f"nolog-{i}", _small)
+
+        vs = [Variant("with event log", logged), Variant("without", unlogged)]
+        try:
+            interleave(vs, warmup=p.s1_warmup, block=p.s1_block, rounds=p.s1_rounds, deadline=ctx.deadline)
+        finally:
+            with_log.close()
+            without.close()
+        with _connect(nolog) as c:
+            row = c.execute("select count(*) from sentinel.events").fetchone()
+            if row is None or row[0] != 0:
+                raise RuntimeError("the database without triggers still logged events")
+    finally:
+        drop_database(ctx.info, name)
+    sl, sn = (summarize(v.samples) for v in vs)
+    return [
+        _lat_row("10 events", "fresh once() with the event log", sl, sn, floor_name="without"),
+        _lat_row("10 events", "fresh once() without the log's triggers", sn),
+    ]
+
+
 SCENARIOS: Dict[str, Tuple[str, Callable[[Ctx], List[Row]]]] = {
     "fresh": ("1", s1_fresh),
     "replay": ("2", s2_replay),
@@ -1222,9 +1262,11 @@ SCENARIOS: Dict[str, Tuple[str, Callable[[Ctx], List[Row]]]] = {
     "dbos": ("7", _dbos),
     "pgbench": ("8", s8_pgbench),
     "wait": ("9", s9_wait),
+    "eventlog": ("10", s10_eventlog),
     "profile": ("P", s_profile),
 }
-DEFAULT = ["fresh", "replay", "cache", "concurrency", "hotkey", "heartbeat", "scale", "dbos", "pgbench", "wait"]
+DEFAULT = ["fresh", "replay", "cache", "concurrency", "hotkey", "heartbeat", "scale", "dbos", "pgbench", "wait",
+           "eventlog"]
 
 
 __all__ = ["Ctx", "Params", "SCENARIOS", "DEFAULT"]
