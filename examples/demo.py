@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 WORKERS = 8
 RACE_KEY = "payment-order-789"
 CRASH_KEY = "payment-order-790"
+CRASH_FINGERPRINT = "charge:4500:cus_def"
 CHARGE_SECONDS = 0.3
 CRASH_TTL_MS = 500
 LEDGER = "sentinel_demo_ledger"
@@ -337,6 +338,7 @@ def doomed_payment() -> int:
         with sentinel.Sentinel(conninfo=dsn, namespace=namespace) as client:
             provider = Provider(dsn, namespace, f"pid {os.getpid()}", hang=True)
             result = client.once(key, provider.charge_card, kwargs={"amount": 4500, "customer": "cus_def"},
+                                 fingerprint=CRASH_FINGERPRINT,
                                  ttl_ms=CRASH_TTL_MS, hard_ttl_ms=60_000)
             say(f"once() returned without being killed: {result}")
     except BaseException as exc:  # noqa: B036 - report anything, then exit quietly
@@ -429,7 +431,9 @@ def scene_crash(dsn: str, namespace: str, client: sentinel.Sentinel, checks: Che
         ran_again.append(customer)
         return {"charge_id": "ch_SECOND_CHARGE", "amount": amount}
 
-    result = client.once(CRASH_KEY, must_not_run, kwargs={"amount": 4500, "customer": "cus_def"})
+    # The same work (the explicit fingerprint says so), but a function that records whether it runs.
+    result = client.once(CRASH_KEY, must_not_run, kwargs={"amount": 4500, "customer": "cus_def"},
+                         fingerprint=CRASH_FINGERPRINT)
     say()
     say(f"  a new caller: once({CRASH_KEY!r}) -> "
         + ("UNCERTAIN" if result.uncertain else f"{result.state} (replayed={result.replayed})")
@@ -488,7 +492,9 @@ def scene_after(dsn: str, namespace: str, client: sentinel.Sentinel, checks: Che
         ran_again.append(customer)
         return {"charge_id": "ch_SECOND_CHARGE", "amount": amount}
 
-    result = client.once(CRASH_KEY, must_not_run, kwargs={"amount": 4500, "customer": "cus_def"})
+    # The same work (the explicit fingerprint says so), but a function that records whether it runs.
+    result = client.once(CRASH_KEY, must_not_run, kwargs={"amount": 4500, "customer": "cus_def"},
+                         fingerprint=CRASH_FINGERPRINT)
     say(f"  once({CRASH_KEY!r}) -> replayed={result.replayed}, response {json.dumps(result.response)}")
     checks.expect(result.replayed and result.response == response, "the reconciled response is replayed")
     checks.expect(not ran_again, "the function was not run again")
