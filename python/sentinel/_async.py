@@ -52,6 +52,7 @@ from ._client import (
     ExecutionContext,
     Result,
     Sentinel,
+    TransactionState,
     _Call,
     _check_key,
     _current,
@@ -603,66 +604,15 @@ class AsyncExecutionContext(ExecutionContext):
                 f"lost={self.lease_lost})")
 
 
-class AsyncTransaction:
+class AsyncTransaction(TransactionState):
     """The state of an :meth:`AsyncSentinel.transaction` block."""
-
-    def __init__(self, sentinel: AsyncSentinel, conn: psycopg.AsyncConnection[Any], call: _Call, outcome: str,
-                 fence: int, state: str, attempt: int, response: Any, error: Any) -> None:
-        self._sentinel = sentinel
-        self._conn = conn
-        self._call = call
-        self.outcome = outcome
-        self.fence = fence
-        self.state = state
-        self.attempt = attempt
-        self.response = response
-        self.error = error
-        self.completed = False
-
-    @property
-    def acquired(self) -> bool:
-        """This block owns the key: do the work, then ``await tx.complete(response)``."""
-        return self.outcome == "acquired"
-
-    @property
-    def replayed(self) -> bool:
-        """The key completed before (``response`` holds it) or failed permanently (``error``)."""
-        return self.outcome in ("completed", "failed")
-
-    @property
-    def execution_alive(self) -> bool:
-        """Another worker is running the key with a live lease."""
-        return self.outcome == "alive"
-
-    @property
-    def uncertain(self) -> bool:
-        """An earlier execution's outcome is unknown: reconcile it."""
-        return self.outcome == "uncertain"
 
     async def complete(self, response: Any) -> Any:
         """Record ``response`` in this transaction; it commits with your writes. Returns it as recorded."""
-        if not self.acquired:
-            raise SentinelError(f"complete() needs an acquired key; this block saw {self.outcome!r}")
-        if self.completed:
-            raise SentinelError("complete() was already called in this block")
-        core, call = self._sentinel._core, self._call
-        ns = core.namespace
-        try:
-            text = core._dumps(response)
-            value = core._loads(decode_like_jsonb(text))
-        except Exception as exc:
-            raise ResultNotSerializable(
-                f"{ns}/{call.key}: the response could not be serialised ({exc}); "
-                "nothing is recorded once the block rolls back", value=response, recorded=False) from exc
+        text, value = self._serialise(response)
         with wrap_exceptions():
-            row = await _fetchone(self._conn, _COMPLETE_SQL, (ns, call.key, self.fence, text, call.retain_ms))
-        if row is None or row[0] != "recorded":
-            raise SentinelError(f"{ns}/{call.key}: complete was refused ({row[0] if row else None})")
-        self.completed = True
-        self.state = "completed"
-        self.response = value
-        core._emit("completed", ns, call.key, self.fence, self.attempt, transactional=True)
-        return value
+            row = await _fetchone(self._conn, _COMPLETE_SQL, self._params(text))
+        return self._recorded(row, value)
 
 
 class AsyncSentinel:
@@ -1393,7 +1343,7 @@ class AsyncSentinel:
                                                            call.fingerprint))
                 assert row is not None
                 outcome, fence, state, attempt, response, error = row[:6]
-                tx = AsyncTransaction(self, conn, call, outcome, fence, state, attempt,
+                tx = AsyncTransaction(core, conn, call, outcome, fence, state, attempt,
                                       core._loads(response) if outcome == "completed" else None, error)
                 if outcome == "mismatch":
                     core._observed(call, outcome, fence, state, attempt, None, None, None)

@@ -236,12 +236,12 @@ def _no_function() -> None:  # pragma: no cover - never called: transaction() ru
     raise AssertionError
 
 
-class Transaction:
-    """The state of a :meth:`Sentinel.transaction` block."""
+class TransactionState:
+    """What a ``transaction()`` block learned about its key; shared by the sync and async blocks."""
 
-    def __init__(self, sentinel: Sentinel, conn: psycopg.Connection[Any], call: _Call, outcome: str,
+    def __init__(self, core: Sentinel, conn: Any, call: _Call, outcome: str,
                  fence: int, state: str, attempt: int, response: Any, error: Any) -> None:
-        self._sentinel = sentinel
+        self._core = core
         self._conn = conn
         self._call = call
         self.outcome = outcome
@@ -254,7 +254,7 @@ class Transaction:
 
     @property
     def acquired(self) -> bool:
-        """This block owns the key: do the work, then :meth:`complete`."""
+        """This block owns the key: do the work, then ``complete(response)``."""
         return self.outcome == "acquired"
 
     @property
@@ -272,30 +272,45 @@ class Transaction:
         """An earlier execution's outcome is unknown: reconcile it."""
         return self.outcome == "uncertain"
 
-    def complete(self, response: Any) -> Any:
-        """Record ``response`` in this transaction; it commits with your writes. Returns it as recorded."""
+    def _serialise(self, response: Any) -> Tuple[str, Any]:
+        """Check that complete() may run; the response as JSON text and as it will be replayed."""
         if not self.acquired:
             raise SentinelError(f"complete() needs an acquired key; this block saw {self.outcome!r}")
         if self.completed:
             raise SentinelError("complete() was already called in this block")
-        s, call = self._sentinel, self._call
+        core = self._core
         try:
-            text = s._dumps(response)
-            value = s._loads(decode_like_jsonb(text))
+            text = core._dumps(response)
+            return text, core._loads(decode_like_jsonb(text))
         except Exception as exc:
             raise ResultNotSerializable(
-                f"{s.namespace}/{call.key}: the response could not be serialised ({exc}); "
+                f"{core.namespace}/{self._call.key}: the response could not be serialised ({exc}); "
                 "nothing is recorded once the block rolls back", value=response, recorded=False) from exc
-        with wrap_exceptions():
-            row = self._conn.execute(_COMPLETE_SQL, (s.namespace, call.key, self.fence, text, call.retain_ms)
-                                     ).fetchone()
+
+    def _params(self, text: str) -> Tuple[Any, ...]:
+        return (self._core.namespace, self._call.key, self.fence, text, self._call.retain_ms)
+
+    def _recorded(self, row: Any, value: Any) -> Any:
+        """Take the answer of complete_v2: recorded, or an error saying why not."""
+        core, key = self._core, self._call.key
         if row is None or row[0] != "recorded":
-            raise SentinelError(f"{s.namespace}/{call.key}: complete was refused ({row[0] if row else None})")
+            raise SentinelError(f"{core.namespace}/{key}: complete was refused ({row[0] if row else None})")
         self.completed = True
         self.state = "completed"
         self.response = value
-        s._emit("completed", s.namespace, call.key, self.fence, self.attempt, transactional=True)
+        core._emit("completed", core.namespace, key, self.fence, self.attempt, transactional=True)
         return value
+
+
+class Transaction(TransactionState):
+    """The state of a :meth:`Sentinel.transaction` block."""
+
+    def complete(self, response: Any) -> Any:
+        """Record ``response`` in this transaction; it commits with your writes. Returns it as recorded."""
+        text, value = self._serialise(response)
+        with wrap_exceptions():
+            row = self._conn.execute(_COMPLETE_SQL, self._params(text)).fetchone()
+        return self._recorded(row, value)
 
 
 def unwrap(result: Result) -> Any:
