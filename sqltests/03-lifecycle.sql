@@ -147,17 +147,18 @@ select results_eq(
     $$ values ('completed', 'completed', '{"late": "but true"}'::jsonb) $$,
     'from then on the late response is replayed');
 
--- A late fail of an uncertain execution whose fence is still current: the truth is known, recorded.
+-- A late fail of an uncertain execution whose fence is still current: the function may have had
+-- effects before it raised, so the key stays uncertain (12-late-failure.sql has the whole rule).
 select fence as f10 from sentinel.acquire_v1('life', 'k10', 'w1', 1000) \gset
 select is((sentinel.abandon_v1('life', 'k10', :f10, 'lost connection')).outcome, 'uncertain', 'k10: abandoned while executing');
 select results_eq(
     format($$ select outcome, state from sentinel.fail_v1('life', 'k10', %s, '{"type": "Timeout"}', true) $$, :f10),
-    $$ values ('recorded', 'failed') $$,
-    'the original owner records the failure late: recorded');
+    $$ values ('uncertain', 'uncertain') $$,
+    'the original owner reports the failure late: the key stays uncertain');
 select results_eq(
     $$ select outcome, error from sentinel.acquire_v1('life', 'k10', 'w2', 1000) $$,
-    $$ values ('failed', '{"type": "Timeout"}'::jsonb) $$,
-    'and the permanent failure is replayed');
+    $$ values ('uncertain', '{"type": "Timeout"}'::jsonb) $$,
+    'and the next caller is told uncertain, with the late error as evidence');
 
 select * from finish();
 rollback;

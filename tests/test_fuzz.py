@@ -323,7 +323,15 @@ def check_heartbeat(r: Runner, ns: Optional[str], key: Optional[str], params: Tu
 def check_finish(r: Runner, ns: Optional[str], key: Optional[str], params: Tuple[Any, ...],
                  rows: List[Tuple[Any, ...]], before: Snapshot, after: Snapshot, fence_before: Optional[int]) -> None:
     outcome, state, fence = rows[0]
-    assert outcome in ("recorded", "already_recorded", "stale"), outcome
+    is_fail = len(params) == 5  # fail_v1(ns, key, fence, error, permanent); complete_v1 takes 4
+    assert outcome in ("recorded", "already_recorded", "stale") + (("uncertain",) if is_fail else ()), outcome
+    if outcome == "uncertain":
+        # A late failure: the key stays uncertain under the same fence; only the evidence may change.
+        row_after = after.get((str(ns), str(key)))
+        assert row_after is not None and row_after[0]["state"] == "uncertain" and state == "uncertain"
+        assert params[2] == fence_before == fence
+        _unchanged_except(before, after, (ns, key), "late fail")
+        return
     if outcome != "recorded":
         assert before == after, f"{outcome} but the row changed"
     if outcome == "stale":

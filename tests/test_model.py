@@ -302,13 +302,17 @@ class ProtocolMachine(RuleBasedStateMachine):
             sql, params = ("select outcome, state, fence from sentinel.fail_v1(%s, %s, %s, %s, %s)",
                            (k[0], k[1], fence, Jsonb(doc), permanent))
         mine = r is not None and r.fence == fence
-        if mine and r is not None and (r.state in ("executing", "uncertain") or (to == "failed" and
-                                                                               r.state == "claimed")):
+        if mine and r is not None and to == "completed" and r.state in ("executing", "uncertain"):
             expected = "recorded"
+        elif mine and r is not None and to == "failed" and (
+                r.state == "claimed" or (r.state == "executing" and r.lease > self.m.now)):
+            expected = "recorded"  # a failure is the truth only while the lease holds, or when nothing ran
         elif mine and r is not None and r.state == to:
             expected = "already_recorded"
         elif mine and r is not None and r.state == "claimed":
             expected = "SN011"
+        elif mine and r is not None and to == "failed" and r.state in ("executing", "uncertain"):
+            expected = "uncertain"  # a late failure: the key stays uncertain, the error is evidence
         else:
             expected = "stale"
         try:
@@ -319,6 +323,10 @@ class ProtocolMachine(RuleBasedStateMachine):
             return
         assert outcome == expected, f"{to} {k} fence {fence}: got {outcome}, model {expected} ({r})"
         reached(f"{to}:{expected}" + (f":from-{r.state}" if r is not None and expected == "recorded" else ""))
+        if expected == "uncertain" and r is not None:
+            reached(f"failed:uncertain:from-{r.state}")
+            self.m.rows[k] = replace(r, state="uncertain", error=doc, permanent=False,
+                                     reason=r.reason if r.state == "uncertain" else lapse_reason(r))
         if expected == "recorded" and r is not None:
             self.m.rows[k] = replace(r, state=to, response=doc if to == "completed" else None,
                                      error=doc if to == "failed" else None, permanent=bool(permanent),
@@ -474,6 +482,11 @@ def tour(m: ProtocolMachine) -> None:
         lambda: m.abandon(a, "current"),
         lambda: m.abandon(a, "current"),
         lambda: m.abandon(a, "stale"),
+        lambda: m.fail(a, "current", False),  # a late failure of an uncertain execution
+        lambda: m.reconcile(a, "release", False),
+        lambda: m.acquire(a, ttl=100, hard_factor=None, start=True, fp=None, owner="w1"),
+        lambda: m.advance(200),
+        lambda: m.fail(a, "current", True),  # a failure after the lease lapsed, row still executing
         lambda: m.reconcile(a, "completed", False),
         lambda: m.reconcile(b, "completed", False),
         lambda: m.acquire(b, ttl=1000, hard_factor=None, start=False, fp=None, owner="w1"),
@@ -508,6 +521,7 @@ def test_protocol_follows_the_state_table(clock_conn: psycopg.Connection[Any]) -
         "heartbeat:False", "heartbeat:marked:lease expired", "heartbeat:marked:hard deadline passed",
         "completed:recorded:from-executing", "completed:recorded:from-uncertain", "completed:already_recorded",
         "completed:stale", "completed:SN011", "failed:recorded:from-executing", "failed:recorded:from-claimed",
+        "failed:uncertain:from-uncertain", "failed:uncertain:from-executing",
         "abandon:released", "abandon:uncertain", "abandon:retry", "abandon:stale", "reconcile:SN007",
         "reconcile:SN008",
         "reconcile:release:from-uncertain", "reconcile:completed:from-uncertain", "purge:deleted",

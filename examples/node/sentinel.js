@@ -318,6 +318,10 @@ export async function once(pool, {
     const r = await rec(FAIL_SQL, [namespace, key, row.fence, errorDocument(err)]);
     if (r?.outcome === 'stale') {
       log('warn', `${namespace}/${key} failed under a stale fence ${row.fence}; the failure was not recorded`);
+    } else if (r?.outcome === 'uncertain') {
+      // The database's rule: a failure after the lease was lost may follow effects.
+      log('warn', `${namespace}/${key} failed after its lease was lost under fence ${row.fence}; ` +
+        'the key stays uncertain (the error is kept for the reconciler)');
     }
     throw err;
   }

@@ -170,6 +170,7 @@ SQL
         case ${F[0]:-} in
             recorded|already_recorded) say "$NS/$key: failed with exit status $status (recorded; the next call retries)" ;;
             stale) say "$NS/$key: failed with exit status $status, but fence $fence is no longer current (state ${F[1]:-gone}): not recorded" ;;
+            uncertain) say "$NS/$key: failed with exit status $status after its lease was lost: the key stays uncertain (the output is kept for the reconciler)" ;;
             *) say "$NS/$key: failed with exit status $status; the failure could not be recorded" ;;
         esac
         exit "$status"
