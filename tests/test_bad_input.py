@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any, Callable, List
 
@@ -197,3 +198,33 @@ def test_every_sqlstate_maps_to_one_class() -> None:
     classes: List[Callable[..., Any]] = [from_sqlstate(c) for c in codes]  # type: ignore[misc]
     assert None not in classes and len(set(classes)) == len(codes)
     assert all(issubclass(c, sentinel.SentinelError) for c in classes)  # type: ignore[arg-type]
+
+
+# -- an error in the caller's own SQL is the caller's error ---------------------
+
+
+def test_transaction_typo_in_user_sql_is_not_a_schema_error(dsn: str, namespace: str) -> None:
+    with psycopg.connect(dsn) as conn, sentinel.Sentinel(conninfo=dsn, namespace=namespace) as s:
+        with pytest.raises(psycopg.errors.UndefinedTable) as caught:
+            with s.transaction("typo", conn) as tx:
+                conn.execute("insert into no_such_table_orders values (1)")
+                tx.complete({"never": True})
+        assert not isinstance(caught.value, sentinel.SchemaError)
+        assert "no_such_table_orders" in str(caught.value)
+        conn.rollback()
+        assert s.inspect("typo") is None, "the claim was rolled back with the block"
+
+
+def test_async_transaction_typo_in_user_sql_is_not_a_schema_error(dsn: str, namespace: str) -> None:
+    async def main() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn, \
+                sentinel.AsyncSentinel(conninfo=dsn, namespace=namespace) as s:
+            with pytest.raises(psycopg.errors.UndefinedTable) as caught:
+                async with s.transaction("typo", conn) as tx:
+                    await conn.execute("insert into no_such_table_orders values (1)")
+                    await tx.complete({"never": True})
+            assert not isinstance(caught.value, sentinel.SchemaError)
+            await conn.rollback()
+            assert await s.inspect("typo") is None
+
+    asyncio.run(main())

@@ -119,8 +119,10 @@ def test_unreachable_database_exits_3() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = run("status", "--dsn", f"host=127.0.0.1 port={port} connect_timeout=2")
-    assert r.returncode == 3 and "database unavailable" in r.stderr
+    for command in (["status"], ["list", "--namespace", "payments"], ["inspect", "--namespace", "payments", "k"]):
+        r = run(*command, "--dsn", f"host=127.0.0.1 port={port} connect_timeout=2")
+        assert r.returncode == 3 and "database unavailable" in r.stderr, (command, r.stderr)
+        assert r.stderr.count("database unavailable") == 1, f"{command[0]}: the prefix is repeated: {r.stderr!r}"
 
 
 @pytest.fixture

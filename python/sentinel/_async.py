@@ -60,7 +60,7 @@ from ._client import (
     _no_function,
     unwrap,
 )
-from ._conn import is_connection_loss, wrap_exceptions
+from ._conn import is_connection_loss, protocol_errors, wrap_exceptions
 from ._events import DidNotHappen, Happened, Observer, ProbeAnswer, UncertainKey, Unknown, probe_name
 from ._heartbeat import HEARTBEAT_SQL, Lease
 from ._schema import SchemaStatus, migrations, required_version
@@ -1043,11 +1043,7 @@ class AsyncSentinel:
         permanent = isinstance(exc, call.permanent) if call.permanent else False
         rec = await self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc), permanent, call.retain_ms),
                                  deadline, log_extra)
-        if rec is not None and rec[0] == "stale":
-            self._emit("fenced", ns, key, fence, attempt, took, exc, state=rec[1], **details)
-        else:
-            self._emit("failed", ns, key, fence, attempt, took, exc, persisted=rec is not None, permanent=permanent,
-                       **details)
+        self._core._failure_reported(ns, key, fence, attempt, took, exc, rec, permanent, log_extra, **details)
 
     async def _complete(
         self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, value: Any, fence: int, attempt: int,
@@ -1336,7 +1332,8 @@ class AsyncSentinel:
         call = core._call(key, _no_function, (), None, ttl_ms, hard_ttl_ms, fingerprint or False, False,
                           retain_ms, ())
         ns = self.namespace
-        with wrap_exceptions():
+        user_raised: List[BaseException] = []
+        with protocol_errors(user_raised):
             async with conn.transaction():
                 await self._check_schema(conn)
                 row = await _fetchone(conn, _ACQUIRE_SQL, (ns, call.key, self.owner, call.ttl, call.hard,
@@ -1350,7 +1347,11 @@ class AsyncSentinel:
                 self._emit("acquired" if outcome == "acquired" else (
                     "replayed" if outcome in ("completed", "failed") else outcome), ns, call.key, fence, attempt,
                     transactional=True)
-                yield tx
+                try:
+                    yield tx
+                except BaseException as exc:
+                    user_raised.append(exc)  # the caller's own error: passed on as it is
+                    raise
                 if tx.acquired and not tx.completed:
                     raise SentinelError(
                         f"{ns}/{call.key}: the transaction() block acquired the key but did not call "

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import psycopg
 
-from ._conn import GetConn, GetConnSource, PoolSource, Source, conninfo_source, wrap_exceptions
+from ._conn import GetConn, GetConnSource, PoolSource, Source, conninfo_source, protocol_errors, wrap_exceptions
 from ._events import (
     DidNotHappen,
     Event,
@@ -456,6 +456,27 @@ class Sentinel:
     def _lease_lost(self, lease: Lease) -> None:
         self._emit("lease_lost", lease.namespace, lease.key, lease.fence, reason=lease.lost_reason)
 
+    def _failure_reported(
+        self, ns: str, key: str, fence: int, attempt: int, took: float, exc: BaseException,
+        rec: Optional[Tuple[Any, ...]], permanent: bool, log_extra: Dict[str, Any], **details: Any,
+    ) -> None:
+        """Report what fail_v2 answered for a function that raised (sync and async paths alike).
+
+        ``uncertain`` is the database's rule for a late failure: the function
+        raised after its lease was lost, may have had effects, and the key
+        stays uncertain with the error kept as evidence for the reconciler.
+        """
+        if rec is not None and rec[0] == "stale":
+            self._emit("fenced", ns, key, fence, attempt, took, exc, state=rec[1], **details)
+        elif rec is not None and rec[0] == "uncertain":
+            logger.warning("sentinel: %s/%s raised %s after its lease was lost under fence %s; the key stays "
+                           "uncertain (the error is kept for the reconciler)", ns, key, type(exc).__name__, fence,
+                           extra=log_extra)
+            self._emit("uncertain", ns, key, fence, attempt, took, exc, reason="late failure", **details)
+        else:
+            self._emit("failed", ns, key, fence, attempt, took, exc, persisted=rec is not None, permanent=permanent,
+                       **details)
+
     def close(self) -> None:
         """Stop the heartbeat and listener threads and close Sentinel's own connections."""
         self._closed = True
@@ -758,11 +779,7 @@ class Sentinel:
             permanent = isinstance(exc, call.permanent) if call.permanent else False
             rec = self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc), permanent, call.retain_ms),
                                deadline, log_extra)
-            if rec is not None and rec[0] == "stale":
-                self._emit("fenced", ns, key, fence, attempt, took, exc, state=rec[1])
-            else:
-                self._emit("failed", ns, key, fence, attempt, took, exc, persisted=rec is not None,
-                           permanent=permanent)
+            self._failure_reported(ns, key, fence, attempt, took, exc, rec, permanent, log_extra)
             raise
         except BaseException as exc:
             # KeyboardInterrupt, SystemExit, ...: the function may have had effects.
@@ -1024,7 +1041,8 @@ class Sentinel:
         call = self._call(key, _no_function, (), None, ttl_ms, hard_ttl_ms, fingerprint or False, False,
                           retain_ms, ())
         ns = self.namespace
-        with wrap_exceptions(), conn.transaction():
+        user_raised: List[BaseException] = []
+        with protocol_errors(user_raised), conn.transaction():
             self._check_schema(conn)
             row = conn.execute(_ACQUIRE_SQL, (ns, call.key, self.owner, call.ttl, call.hard, call.fingerprint)
                                ).fetchone()
@@ -1037,7 +1055,11 @@ class Sentinel:
             self._emit("acquired" if outcome == "acquired" else ("replayed" if outcome in ("completed", "failed")
                                                                   else outcome), ns, call.key, fence, attempt,
                        transactional=True)
-            yield tx
+            try:
+                yield tx
+            except BaseException as exc:
+                user_raised.append(exc)  # the caller's own error: passed on as it is
+                raise
             if tx.acquired and not tx.completed:
                 raise SentinelError(
                     f"{ns}/{call.key}: the transaction() block acquired the key but did not call "

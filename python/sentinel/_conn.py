@@ -79,6 +79,24 @@ def wrap_exceptions() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def protocol_errors(user_raised: List[BaseException]) -> Iterator[None]:
+    """``wrap_exceptions`` for a block that also runs the caller's own code.
+
+    An exception the caller's code raised (recorded in ``user_raised``) is
+    the caller's and passes unchanged: a typo in their SQL is not a missing
+    Sentinel schema. Everything else (the protocol calls, the commit) is
+    translated as usual.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if any(exc is mine for mine in user_raised):
+            raise
+        with wrap_exceptions():
+            raise
+
+
+@contextlib.contextmanager
 def autocommit(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
     """Use ``conn`` in autocommit mode, so each protocol call commits by itself.
 

@@ -363,7 +363,10 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
         code: int = args.func(args, stream)
         return code
     except DatabaseUnavailable as exc:
-        sys.stderr.write(f"sentinel {args.command}: database unavailable: {exc}\n")
+        message = str(exc).strip()
+        if not message.startswith("database unavailable: "):
+            message = f"database unavailable: {message}"
+        sys.stderr.write(f"sentinel {args.command}: {message}\n")
         return EXIT_UNAVAILABLE
     except (SentinelError, psycopg.Error) as exc:
         message = str(exc).strip()
