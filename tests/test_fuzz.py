@@ -398,7 +398,7 @@ _totals: Dict[str, int] = {}
 _outcomes: Dict[str, int] = {}
 
 
-@settings(max_examples=600, deadline=None, database=None,
+@settings(max_examples=600, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(sequence=st.lists(ops, min_size=1, max_size=12))
 def test_fuzz_protocol_calls(conn: psycopg.Connection[Any], namespace: str, sequence: List[Op]) -> None:
