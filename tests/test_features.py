@@ -147,6 +147,32 @@ def test_local_cache_serves_replays_and_expires(make: Callable[..., sentinel.Sen
     assert s.once("hot", lambda: 0).cached is False
 
 
+def pay(amount: int) -> Dict[str, int]:
+    return {"charged": amount}
+
+
+def test_cached_replay_refused_exactly_when_the_database_would_refuse(make: Callable[..., sentinel.Sentinel]) -> None:
+    writer = make()
+    cached = make(cache_size=10, cache_ttl_ms=60_000)
+    writer.once("order-1", pay, kwargs={"amount": 100})  # the row's fingerprint names amount=100
+    # A reader without a fingerprint is served (the database serves it too) and fills the cache.
+    assert cached.once("order-1", pay, kwargs={"amount": 1}, fingerprint=False).response == {"charged": 100}
+    # The same key reused for other work: the database says KeyMismatch, so the cache must too.
+    with pytest.raises(sentinel.KeyMismatch):
+        writer.once("order-1", pay, kwargs={"amount": 999})
+    with pytest.raises(sentinel.KeyMismatch):
+        cached.once("order-1", pay, kwargs={"amount": 999})
+    # The same work is served from the cache.
+    again = cached.once("order-1", pay, kwargs={"amount": 100})
+    assert again.response == {"charged": 100} and again.replayed
+    assert cached.once("order-1", pay, kwargs={"amount": 100}).cached
+    # A cached None is a response like any other, and still checked.
+    writer.once("order-2", lambda amount: None, kwargs={"amount": 5}, fingerprint="refund:5")
+    assert cached.once("order-2", lambda: 0, fingerprint=False).response is None
+    with pytest.raises(sentinel.KeyMismatch):
+        cached.once("order-2", lambda: 0, fingerprint="refund:6")
+
+
 def test_cache_is_off_by_default(make: Callable[..., sentinel.Sentinel]) -> None:
     s = make(fingerprints=False)
     s.once("k", lambda: 1)

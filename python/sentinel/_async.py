@@ -845,8 +845,8 @@ class AsyncSentinel:
             raise InvalidTTL(f"wait_ms must be an int between 0 and {MAX_TTL_MS}, got {wait_ms!r}")
         cache = core._cache
         if cache is not None:
-            hit = cache.get(self.namespace, call.key)
-            if hit is not None and (call.fingerprint is None or hit[3] is None or hit[3] == call.fingerprint):
+            hit = cache.get(self.namespace, call.key, call.fingerprint)
+            if hit is not None:
                 self._emit("replayed", self.namespace, call.key, hit[1], hit[2], cached=True)
                 return Result(self.namespace, call.key, "completed", response=hit[0], replayed=True, fence=hit[1],
                               attempt=hit[2], cached=True)
@@ -1093,7 +1093,7 @@ class AsyncSentinel:
             )
         self._emit("completed", ns, key, fence, attempt, took, persisted=True, **details)
         if core._cache is not None:
-            core._cache.put(ns, key, recorded_value, fence, attempt, call.fingerprint)
+            core._cache.put(ns, key, recorded_value, fence, attempt, call.fingerprint, known=True)
         return Result(ns, key, "completed", response=recorded_value, fence=fence, attempt=attempt,
                       hard_expires_at=hard_at)
 

@@ -614,8 +614,8 @@ class Sentinel:
         if isinstance(wait_ms, bool) or not isinstance(wait_ms, int) or wait_ms < 0 or wait_ms > MAX_TTL_MS:
             raise InvalidTTL(f"wait_ms must be an int between 0 and {MAX_TTL_MS}, got {wait_ms!r}")
         if self._cache is not None:
-            hit = self._cache.get(self.namespace, call.key)
-            if hit is not None and (call.fingerprint is None or hit[3] is None or hit[3] == call.fingerprint):
+            hit = self._cache.get(self.namespace, call.key, call.fingerprint)
+            if hit is not None:
                 self._emit("replayed", self.namespace, call.key, hit[1], hit[2], cached=True)
                 return Result(self.namespace, call.key, "completed", response=hit[0], replayed=True, fence=hit[1],
                               attempt=hit[2], cached=True)
@@ -740,7 +740,7 @@ class Sentinel:
         if outcome == "completed":
             value = self._loads(response)
             if self._cache is not None:
-                self._cache.put(ns, key, value, fence, attempt, call.fingerprint)
+                self._cache.put(ns, key, value, fence, attempt, call.fingerprint, known=False)
             self._emit("replayed", ns, key, fence, attempt)
             return Result(ns, key, state, response=value, replayed=True, fence=fence, attempt=attempt)
         if outcome == "failed":
@@ -834,7 +834,7 @@ class Sentinel:
             )
         self._emit("completed", ns, key, fence, attempt, took, persisted=True)
         if self._cache is not None:
-            self._cache.put(ns, key, recorded_value, fence, attempt, call.fingerprint)
+            self._cache.put(ns, key, recorded_value, fence, attempt, call.fingerprint, known=True)
         return Result(ns, key, "completed", response=recorded_value, fence=fence, attempt=attempt,
                       hard_expires_at=hard_at)
 

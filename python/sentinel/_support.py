@@ -71,18 +71,26 @@ def auto_fingerprint(fn: Callable[..., Any], args: Sequence[Any], kwargs: Dict[s
 
 
 class ResponseCache:
-    """A per-process LRU of completed responses, each kept at most ``ttl_s`` seconds."""
+    """A per-process LRU of completed responses, each kept at most ``ttl_s`` seconds.
+
+    A cached replay is refused exactly when a database replay would be: each
+    entry keeps the fingerprint of the *record* when it is known (the
+    execution this process completed, or a replay asked with a fingerprint,
+    which the database matched), and a caller with a fingerprint is never
+    served from an entry whose record fingerprint is unknown.
+    """
 
     def __init__(self, size: int, ttl_s: float) -> None:
         self.size = size
         self.ttl_s = ttl_s
-        self._data: collections.OrderedDict[Tuple[str, str], Tuple[float, Any, int, int, Optional[str]]] = (
+        # (expires, response, fence, attempt, record fingerprint, whether it is known)
+        self._data: collections.OrderedDict[Tuple[str, str], Tuple[float, Any, int, int, Optional[str], bool]] = (
             collections.OrderedDict()
         )
         self._lock = threading.Lock()
 
-    def get(self, ns: str, key: str) -> Optional[Tuple[Any, int, int, Optional[str]]]:
-        """(response, fence, attempt, fingerprint) if cached and fresh."""
+    def get(self, ns: str, key: str, fingerprint: Optional[str]) -> Optional[Tuple[Any, int, int]]:
+        """(response, fence, attempt) if cached, fresh, and the database would replay it to ``fingerprint``."""
         with self._lock:
             item = self._data.get((ns, key))
             if item is None:
@@ -90,12 +98,18 @@ class ResponseCache:
             if item[0] <= time.monotonic():
                 del self._data[(ns, key)]
                 return None
+            _, response, fence, attempt, recorded, known = item
+            if fingerprint is not None and (not known or (recorded is not None and recorded != fingerprint)):
+                return None  # the database decides: it may answer mismatch
             self._data.move_to_end((ns, key))
-            return item[1:]
+            return response, fence, attempt
 
-    def put(self, ns: str, key: str, response: Any, fence: int, attempt: int, fingerprint: Optional[str]) -> None:
+    def put(self, ns: str, key: str, response: Any, fence: int, attempt: int, fingerprint: Optional[str], *,
+            known: bool) -> None:
+        """Cache a completed response; ``known``: ``fingerprint`` is the record's (else the caller's None)."""
         with self._lock:
-            self._data[(ns, key)] = (time.monotonic() + self.ttl_s, response, fence, attempt, fingerprint)
+            self._data[(ns, key)] = (time.monotonic() + self.ttl_s, response, fence, attempt, fingerprint,
+                                     known or fingerprint is not None)
             self._data.move_to_end((ns, key))
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
