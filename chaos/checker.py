@@ -332,7 +332,9 @@ def _same_fence(where: str, prev: Version, v: Version) -> List[Violation]:
     allowed = {
         ("claimed", "claimed"), ("claimed", "executing"), ("claimed", "failed"),
         ("executing", "executing"), ("executing", "uncertain"), ("executing", "completed"), ("executing", "failed"),
-        ("uncertain", "completed"), ("uncertain", "failed"),
+        # A fence holder may still complete an uncertain execution, never fail it (a late failure
+        # would re-open the key): its failure only adds evidence, the key staying uncertain.
+        ("uncertain", "completed"), ("uncertain", "uncertain"),
     }
     if (prev.state == v.state and v.state in ("completed", "failed") and v.response == prev.response
             and v.error == prev.error and v.lease_expires_at == prev.lease_expires_at
@@ -341,6 +343,19 @@ def _same_fence(where: str, prev: Version, v: Version) -> List[Violation]:
     if (prev.state, v.state) not in allowed:
         out.append(Violation("4 fencing", f"{where}: not a transition a fence holder can make"))
         return out
+    if prev.state == "uncertain" and v.state == "uncertain":
+        # A late failure: the owner's error is kept as evidence; nothing else may change.
+        if (v.response is not None or v.error_permanent or v.lease_expires_at != prev.lease_expires_at
+                or v.hard_expires_at != prev.hard_expires_at or v.uncertain_reason != prev.uncertain_reason):
+            out.append(Violation("4 fencing", f"{where}: an uncertain key changed under its fence beyond the "
+                                              "evidence of a late failure"))
+        elif v.error is not None and v.error != prev.error:
+            out.extend(_owner_wrote(where, v))
+        return out
+    if (prev.state == "executing" and v.state == "failed" and v.reconciled_by is None
+            and prev.lease_expires_at <= v.updated_at):
+        out.append(Violation("1 at most once", f"{where}: a failure reported after the lease lapsed "
+                                               f"({prev.lease_expires_at}) was recorded as failed at {v.updated_at}"))
     if v.hard_expires_at != prev.hard_expires_at or v.claimed_at != prev.claimed_at:
         out.append(Violation("6 hard deadline", f"{where}: the claim time or hard deadline moved under one fence"))
     if v.lease_expires_at > prev.lease_expires_at:

@@ -182,6 +182,39 @@ def test_checker_catches_a_live_execution_called_uncertain() -> None:
     assert invariants(f) == ["5 liveness"]
 
 
+def _late_failure_facts(to: str) -> Facts:
+    """Fence 10 lapsed at 1000 and was marked uncertain; then its owner reported a failure."""
+    f = good_facts()
+    marked = version(2, "UPDATE", "uncertain", 10, uncertain_reason="lease expired", updated_at=at(1500))
+    error = {"type": "FnError", "message": "planned failure: fence=10 worker=w1.1 call=c1"}
+    late = version(3, "UPDATE", to, 10, error=error, updated_at=at(1600),
+                   uncertain_reason="lease expired" if to == "uncertain" else None)
+    f.history = [version(1, "INSERT", "executing", 10), marked, late]
+    f.final = {("ns", "k"): replace(late, seq=0, op="ROW")}
+    f.calls = []
+    f.sweep = []
+    return f
+
+
+def test_checker_accepts_a_late_failure_kept_as_evidence() -> None:
+    assert invariants(_late_failure_facts("uncertain")) == []
+
+
+def test_checker_catches_a_late_failure_that_reopened_the_key() -> None:
+    assert "4 fencing" in invariants(_late_failure_facts("failed"))
+
+
+def test_checker_catches_a_failure_recorded_after_the_lease_lapsed() -> None:
+    f = good_facts()
+    error = {"type": "FnError", "message": "planned failure: fence=10 worker=w1.1 call=c1"}
+    failed = version(2, "UPDATE", "failed", 10, error=error, updated_at=at(1500))
+    f.history = [version(1, "INSERT", "executing", 10), failed]
+    f.final = {("ns", "k"): replace(failed, seq=0, op="ROW")}
+    f.calls = []
+    f.sweep = []
+    assert "1 at most once" in invariants(f)
+
+
 def test_checker_catches_a_call_that_hung() -> None:
     f = good_facts()
     f.calls[1] = replace(f.calls[1], t1=1.0 + LIMITS.hard_ttl_ms / 1000 + LIMITS.margin_s + 1)
