@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 import pgserver
 import sentinel
@@ -163,3 +164,15 @@ def test_old_schema_is_refused_at_first_use_with_the_command(empty_db: Callable[
     with sentinel.Sentinel(conninfo=dsn) as s, pytest.raises(sentinel.SchemaError, match="sentinel migrate"):
         s.once("k", lambda: calls.append(1))
     assert calls == []
+
+
+@pytest.mark.parametrize("change", [{"dbname": "sentinel_no_such_db"}, {"user": "sentinel_no_such_role"}])
+def test_refused_login_is_not_an_outage(dsn: str, change: Dict[str, str]) -> None:
+    bad = make_conninfo(dsn, **change)
+    r = run("list", "--namespace", "payments", "--dsn", bad)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "database unavailable" not in r.stderr and "refused the login" in r.stderr, r.stderr
+    assert "check the user, password and database name" in r.stderr
+    with sentinel.Sentinel(conninfo=bad, namespace="payments") as s:
+        with pytest.raises(sentinel.LoginRefused):
+            s.once("k", lambda: 1)

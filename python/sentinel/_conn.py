@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import select
 import threading
 from typing import Any, Callable, Iterator, List, Optional
@@ -13,6 +14,7 @@ from psycopg import pq
 
 from .errors import (
     DatabaseUnavailable,
+    LoginRefused,
     PermissionDenied,
     SchemaError,
     SentinelError,
@@ -29,6 +31,22 @@ GetConn = Callable[[], "psycopg.Connection[Any]"]
 _GONE = ("57P01", "57P02", "57P03")
 
 
+# The server's own words when it refuses a login (libpq gives no SQLSTATE for a
+# failed connection attempt): wrong password, unknown role or database, pg_hba.
+_LOGIN_REFUSED = re.compile(
+    r"FATAL:\s+(password authentication failed|\w+ authentication failed|role \".*\" does not exist"
+    r"|database \".*\" does not exist|no pg_hba\.conf entry)"
+)
+
+
+def login_refused(exc: BaseException) -> Optional[str]:
+    """The server's refusal when ``exc`` is a refused login (not an outage), else None."""
+    if not isinstance(exc, psycopg.OperationalError) or getattr(exc, "sqlstate", None) is not None:
+        return None
+    m = _LOGIN_REFUSED.search(str(exc))
+    return str(exc).strip()[m.start():].splitlines()[0] if m else None
+
+
 def is_connection_loss(exc: BaseException) -> bool:
     """Whether a driver error means the database or the session went away."""
     if isinstance(exc, DatabaseUnavailable):
@@ -40,6 +58,8 @@ def is_connection_loss(exc: BaseException) -> bool:
     if isinstance(exc, PoolTimeout):
         return True
     if not isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return False
+    if login_refused(exc) is not None:
         return False
     code = getattr(exc, "sqlstate", None)
     return code is None or code.startswith("08") or code in _GONE
@@ -68,6 +88,12 @@ def wrap_exceptions() -> Iterator[None]:
             raise SchemaError(
                 "the Sentinel schema is not installed in this database "
                 "(run sentinel.init_db(conn) or `make demo` to see how): " + str(exc).strip()
+            ) from exc
+        refusal = login_refused(exc)
+        if refusal is not None:
+            raise LoginRefused(
+                f"the server refused the login ({refusal}): check the user, password and database name in the "
+                "DSN, or the server's pg_hba.conf"
             ) from exc
         if is_connection_loss(exc):
             raise DatabaseUnavailable(f"database unavailable: {str(exc).strip() or type(exc).__name__}") from exc

@@ -2,7 +2,8 @@
 
 Every command takes ``--dsn`` (falling back to ``SENTINEL_DSN``, then
 ``DATABASE_URL``, then libpq's own ``PG*`` variables) and ``--json``. Exit
-codes: 0 success, 1 the check or operation failed, 2 bad usage, 3 the database
+codes: 0 success, 1 the check or operation failed (a login the server refused
+among them: a wrong password is not an outage), 2 bad usage, 3 the database
 could not be reached.
 """
 
@@ -16,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 import psycopg
 
+from ._conn import login_refused, wrap_exceptions
 from ._schema import API_VERSIONS, init_db, migrations, status
 from .errors import DatabaseUnavailable, SentinelError
 
@@ -31,6 +33,9 @@ def _connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(_dsn(args), autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
+        if login_refused(exc) is not None:
+            with wrap_exceptions():
+                raise
         raise DatabaseUnavailable(f"cannot connect: {str(exc).strip()}") from exc
 
 

@@ -145,6 +145,14 @@ class DatabaseUnavailable(SentinelError, ConnectionError):
     """The database could not be reached, or the connection broke during a call."""
 
 
+class LoginRefused(SentinelError):
+    """The server answered but refused the login: wrong password, unknown role or database, no pg_hba.conf entry.
+
+    Not an outage, so it is never retried: fix the user, password or database
+    name in the DSN (or the server's pg_hba.conf).
+    """
+
+
 class SchemaError(SentinelError):
     """The Sentinel schema is missing, older than this client needs, or differs from its files."""
 
