@@ -19,6 +19,7 @@ import heapq
 import inspect
 import itertools
 import logging
+import os
 import random
 import select
 import time
@@ -62,12 +63,14 @@ from ._client import (
 )
 from ._conn import is_connection_loss, protocol_errors, wrap_exceptions
 from ._events import DidNotHappen, Happened, Observer, ProbeAnswer, UncertainKey, Unknown, probe_name
+from ._fork import track as track_fork
 from ._heartbeat import HEARTBEAT_SQL, Lease
 from ._schema import SchemaStatus, migrations, required_version
 from ._support import channel, decode_like_jsonb
 from .errors import (
     DatabaseUnavailable,
     FencedOut,
+    ForkedPool,
     InvalidTTL,
     ReconcileRefused,
     ResultNotSerializable,
@@ -148,6 +151,9 @@ class _AsyncSource:
     async def close(self) -> None:
         """Release what this source holds."""
 
+    def after_fork(self) -> None:
+        """In a forked child: forget, without closing, what belongs to the parent."""
+
 
 class _GetConnSource(_AsyncSource):
     """Awaits the user's ``get_conn()`` for every call and closes what it returns."""
@@ -187,6 +193,18 @@ class _PoolSource(_AsyncSource):
     def __init__(self, pool: Any, *, owned: bool = False) -> None:
         self._pool = pool
         self._owned = owned
+        self._forked_from: Optional[int] = None
+
+    def after_fork(self) -> None:
+        self._forked_from = os.getppid()  # psycopg_pool knows nothing of fork: see PoolSource
+
+    async def open(self) -> None:
+        if self._forked_from is not None:
+            raise ForkedPool(
+                f"this AsyncSentinel's connection pool was opened in process {self._forked_from} before it forked "
+                f"process {os.getpid()}; the pool's connections belong to the parent. Create the pool and the "
+                "AsyncSentinel in the child, or give AsyncSentinel conninfo= (its own pool is reopened after a fork)"
+            )
 
     @contextlib.asynccontextmanager
     async def dedicated(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -222,7 +240,7 @@ class _PoolSource(_AsyncSource):
                     yield conn
 
     async def close(self) -> None:
-        if self._owned and self._pool is not None:
+        if self._owned and self._pool is not None and self._forked_from is None:
             await self._pool.close()
 
 
@@ -267,6 +285,11 @@ class _PrivatePoolSource(_PoolSource):
         self._timeout = timeout
         self._prepare_threshold: Optional[int] = 5 if prepared_statements else None
         self._opening: Optional[asyncio.Future[None]] = None
+
+    def after_fork(self) -> None:
+        # The parent's pool, dropped without closing: its sockets are the parent's.
+        self._pool = None
+        self._opening = None
 
     async def open(self) -> None:
         if self._opening is None:
@@ -714,6 +737,14 @@ class AsyncSentinel:
         self._tasks: Set[asyncio.Future[Any]] = set()
         self._schema_ok = not check_schema
         self._closed = False
+        track_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the parent's pool, leases, listener and background tasks (see ``_fork``)."""
+        self._source.after_fork()
+        self._heartbeat = _Heartbeater(self._source, on_lost=self._lease_lost)
+        self._listener = None
+        self._tasks = set()
 
     # -- lifecycle ---------------------------------------------------------
 

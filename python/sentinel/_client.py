@@ -33,6 +33,7 @@ from ._events import (
     emit,
     probe_name,
 )
+from ._fork import track as track_fork
 from ._heartbeat import Heartbeater, Lease
 from ._schema import check_compatible
 from ._support import Listener, ResponseCache, auto_fingerprint, decode_like_jsonb, default_dumps
@@ -437,6 +438,7 @@ class Sentinel:
         self._owner = ""
         self._lock = threading.Lock()
         self._schema_ok = not check_schema
+        track_fork(self)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -476,6 +478,16 @@ class Sentinel:
         else:
             self._emit("failed", ns, key, fence, attempt, took, exc, persisted=rec is not None, permanent=permanent,
                        **details)
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the parent's connections, leases and listener (see ``_fork``)."""
+        self._lock = threading.Lock()
+        self._source.after_fork()
+        # The parent's leases are the parent's to renew; its threads are not here.
+        self._heartbeat = Heartbeater(self._source, on_lost=self._lease_lost)
+        self._listener_obj = None
+        if self._cache is not None:
+            self._cache.after_fork()
 
     def close(self) -> None:
         """Stop the heartbeat and listener threads and close Sentinel's own connections."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import select
 import threading
@@ -14,6 +15,7 @@ from psycopg import pq
 
 from .errors import (
     DatabaseUnavailable,
+    ForkedPool,
     LoginRefused,
     PermissionDenied,
     SchemaError,
@@ -165,6 +167,9 @@ class Source:
     def close(self) -> None:
         """Release what this source holds."""
 
+    def after_fork(self) -> None:
+        """In a forked child: forget, without closing, what belongs to the parent."""
+
 
 class GetConnSource(Source):
     """Calls the user's ``get_conn()`` for every call and closes what it returns."""
@@ -201,9 +206,25 @@ class PoolSource(Source):
     def __init__(self, pool: Any, *, owned: bool = False) -> None:
         self._pool = pool
         self._owned = owned
+        self._forked_from: Optional[int] = None
+
+    def after_fork(self) -> None:
+        # psycopg_pool knows nothing of fork: its idle connections are the
+        # parent's sockets and its worker threads stayed in the parent.
+        self._forked_from = os.getppid()
+
+    def _check_process(self) -> None:
+        if self._forked_from is not None:
+            raise ForkedPool(
+                f"this Sentinel's connection pool was opened in process {self._forked_from} before it forked "
+                f"process {os.getpid()}; the pool's connections belong to the parent. Create the pool and the "
+                "Sentinel in the child (for example in gunicorn's post_fork hook), or give Sentinel conninfo= "
+                "(its own connections are reopened after a fork)"
+            )
 
     @contextlib.contextmanager
     def dedicated(self) -> Iterator[psycopg.Connection[Any]]:
+        self._check_process()
         conninfo = self._pool.conninfo
         conninfo = conninfo() if callable(conninfo) else conninfo  # psycopg_pool 3.3 accepts callables
         kwargs = getattr(self._pool, "kwargs", None) or {}
@@ -220,12 +241,13 @@ class PoolSource(Source):
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        self._check_process()
         with wrap_exceptions(), self._pool.connection() as conn:
             with autocommit(conn):
                 yield conn
 
     def close(self) -> None:
-        if self._owned:
+        if self._owned and self._forked_from is None:
             self._pool.close()
 
 
@@ -293,6 +315,13 @@ class ConninfoSource(Source):
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    def after_fork(self) -> None:
+        # The idle connections are the parent's sockets: dropped, never closed
+        # (closing would end the parent's sessions). The lock may have been
+        # held by a thread that does not exist here.
+        self._idle = []
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._closed = True

@@ -89,6 +89,10 @@ class ResponseCache:
         )
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's may have been held by a thread not copied)."""
+        self._lock = threading.Lock()
+
     def get(self, ns: str, key: str, fingerprint: Optional[str]) -> Optional[Tuple[Any, int, int]]:
         """(response, fence, attempt) if cached, fresh, and the database would replay it to ``fingerprint``."""
         with self._lock:

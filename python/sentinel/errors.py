@@ -27,6 +27,7 @@ __all__ = [
     "UnknownRole",
     "AppendOnly",
     "DatabaseUnavailable",
+    "ForkedPool",
     "PermissionDenied",
     "SchemaError",
     "TransactionInProgress",
@@ -150,6 +151,17 @@ class LoginRefused(SentinelError):
 
     Not an outage, so it is never retried: fix the user, password or database
     name in the DSN (or the server's pg_hba.conf).
+    """
+
+
+class ForkedPool(SentinelError):
+    """A ``Sentinel`` built on a connection pool is used in a process forked after the pool was opened.
+
+    A pool's idle connections are its parent's sockets and its worker threads
+    stayed in the parent, so the child cannot use it safely. Create the pool
+    and the ``Sentinel`` in the child (gunicorn's ``post_fork`` hook, a
+    Celery ``worker_process_init`` handler), or give ``Sentinel`` a
+    ``conninfo=``: its own connections are reopened after a fork.
     """
 
 
