@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
@@ -1294,10 +1295,36 @@ def test_cancelling_the_caller_marks_uncertain_at_once(dsn: str, namespace: str,
     run(main())
 
 
-def test_cancelled_sync_fn_is_marked_at_once_and_recorded_late(dsn: str, namespace: str,
-                                                                 conn: psycopg.Connection[Any]) -> None:
-    """A sync function cannot be stopped in its thread: uncertain at once, then its late outcome is recorded."""
-    key = "cancelled-sync"
+async def _cancel_caller(how: str, make_call: Callable[[], Awaitable[Any]], started: threading.Event) -> None:
+    """Cancel a caller of once() the way ``how`` says, and check what the caller is told."""
+    if how == "cancel":
+        task = asyncio.create_task(make_call())
+        await wait_until(started.is_set, 15, "the function to start")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    elif how == "wait_for":
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(make_call(), 1.0)
+    else:  # a sibling in a task group fails: the group cancels the caller
+        async def sibling() -> None:
+            await wait_until(started.is_set, 15, "the function to start")
+            raise LookupError("sibling failed")
+
+        with pytest.raises(BaseException) as caught:
+            async with asyncio.TaskGroup() as group:  # type: ignore[attr-defined,unused-ignore]
+                group.create_task(make_call())
+                group.create_task(sibling())
+        assert "sibling failed" in repr(caught.value.exceptions)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("how", ["cancel", "wait_for", "taskgroup"])
+def test_cancelled_sync_fn_keeps_its_lease_until_its_thread_ends(dsn: str, namespace: str, how: str,
+                                                                  conn: psycopg.Connection[Any]) -> None:
+    """A sync function cannot be stopped in its thread: its lease lives on and its real outcome is recorded."""
+    if how == "taskgroup" and not hasattr(asyncio, "TaskGroup"):
+        how = "cancel"  # Python < 3.11 has no task groups; the caller is cancelled the same way
+    key = f"cancelled-sync-{how}"
     started, release = threading.Event(), threading.Event()
     seen: Dict[str, Any] = {}
 
@@ -1309,21 +1336,49 @@ def test_cancelled_sync_fn_is_marked_at_once_and_recorded_late(dsn: str, namespa
 
     async def main() -> None:
         async with make(dsn, namespace) as s:
-            task = asyncio.create_task(s.once(key, fn, ttl_ms=60000, pass_context=True))
-            await wait_until(started.is_set, 15, "the function to start")
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            record = _assert_marked_at_once(conn, namespace, key, "CancelledError")
-            assert (await s.once(key, Recorder())).uncertain
+            await _cancel_caller(how, lambda: s.once(key, fn, ttl_ms=300, hard_ttl_ms=60000, pass_context=True),
+                                 started)
+            record = _inspect(conn, namespace, key)
+            assert record["stored_state"] == "executing", record  # not abandoned while the thread runs
+            # The heartbeat keeps renewing: the lease moves on well past the caller's cancellation.
+            await wait_until(lambda: _inspect(conn, namespace, key)["lease_expires_at"]
+                             > record["lease_expires_at"] + timedelta(milliseconds=900), 15,
+                             "the lease to be renewed after the caller was cancelled")
+            assert _inspect(conn, namespace, key)["stored_state"] == "executing"
+            other = Recorder()
+            assert (await s.once(key, other)).execution_alive and other.calls == []
             release.set()
             await wait_until(lambda: _inspect(conn, namespace, key)["stored_state"] == "completed", 15,
-                             "the late outcome to be recorded")
+                             "the thread's outcome to be recorded")
             replay = await s.once(key, _never)
             assert replay.replayed and replay.response == {"late": True} and replay.fence == record["fence"]
 
     run(main())
-    assert seen == {"released": True, "lost": True}
+    assert seen == {"released": True, "lost": False}
+
+
+def test_cancelled_sync_fn_that_then_raises_is_recorded_failed(dsn: str, namespace: str,
+                                                               conn: psycopg.Connection[Any]) -> None:
+    """The thread's real outcome is recorded, a failure too: raised under a valid lease, it is retryable."""
+    key = "cancelled-sync-raises"
+    started, release = threading.Event(), threading.Event()
+
+    def fn() -> None:
+        started.set()
+        release.wait(30)
+        raise ValueError("declined by the provider")
+
+    async def main() -> None:
+        async with make(dsn, namespace) as s:
+            await _cancel_caller("cancel", lambda: s.once(key, fn, ttl_ms=300, hard_ttl_ms=60000), started)
+            assert _inspect(conn, namespace, key)["stored_state"] == "executing"
+            release.set()
+            await wait_until(lambda: _inspect(conn, namespace, key)["stored_state"] == "failed", 15,
+                             "the thread's failure to be recorded")
+            again = Recorder()
+            assert (await s.once(key, again)).completed and again.calls == [()]
+
+    run(main())
 
 
 def test_caller_cancelled_while_recording_does_not_stop_the_recording(dsn: str, namespace: str,

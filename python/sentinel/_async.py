@@ -755,18 +755,23 @@ class AsyncSentinel:
     async def close(self) -> None:
         """Stop the heartbeat and listener tasks and close the private pool, if any.
 
-        Recordings still in flight in the background (for callers that were
-        cancelled after their function returned) get up to 5 seconds.
+        Work still in flight in the background gets up to 5 seconds: the
+        recordings of callers cancelled after their function returned, and
+        the sync functions whose callers were cancelled while they ran (their
+        leases are renewed meanwhile). A function still running after that
+        is marked uncertain, since nobody renews its lease any more.
         """
         self._closed = True
-        await self._heartbeat.close()
-        if self._listener is not None:
-            await self._listener.close()
-            self._listener = None
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=5.0)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        await self._heartbeat.close()
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         await self._source.close()
 
     async def __aenter__(self) -> AsyncSentinel:
@@ -850,14 +855,22 @@ class AsyncSentinel:
         too. ``sentinel.current_execution()`` returns the context in both.
 
         **Interruptions.** ``asyncio.CancelledError`` (the calling task was
-        cancelled, for example by ``asyncio.wait_for`` or a ``TaskGroup``),
-        ``KeyboardInterrupt`` and ``SystemExit`` while ``fn`` runs mark the key
-        uncertain at once (``abandon_v1``) and are re-raised. A cancelled
-        *sync* function cannot be stopped in its thread: its context reports
-        ``lease_lost``, and when it ends its outcome is recorded late, which
-        the database accepts while the fence is still current (nobody
-        reconciled the key meanwhile). A caller cancelled after ``fn`` returned
-        does not stop the recording: it completes in the background.
+        cancelled, for example by ``asyncio.wait_for`` or a ``TaskGroup``) is
+        always re-raised to the caller at once. What happens to the key depends
+        on whether the function can be stopped:
+
+        - an *async* function is cancelled with its caller; it may have had
+          effects, so the key is marked uncertain at once (``abandon_v1``);
+          ``KeyboardInterrupt`` and ``SystemExit`` do the same;
+        - a *sync* function cannot be stopped in its thread, so nothing is
+          abandoned: its lease is renewed until the thread really ends, other
+          callers keep seeing ``execution_alive``, and its real outcome (the
+          response, or the exception it raised) is recorded then, as if the
+          caller had waited. :meth:`close` waits up to 5 seconds for such
+          threads; one still running then is marked uncertain.
+
+        A caller cancelled after ``fn`` returned does not stop the recording:
+        it completes in the background.
 
         Options as :meth:`Sentinel.once`: ``ttl_ms``, ``hard_ttl_ms``,
         ``wait_ms`` (wait for another worker's outcome, woken by NOTIFY or
@@ -1044,20 +1057,24 @@ class AsyncSentinel:
             await self._shielded(self._record_failure(conn, call, fence, attempt, exc, took, deadline, log_extra))
             raise
         except BaseException as exc:
-            # CancelledError, KeyboardInterrupt, SystemExit: the function may have had effects.
+            if pending is not None and isinstance(exc, asyncio.CancelledError):
+                # The caller was cancelled, but a thread cannot be stopped: the
+                # function still runs. Its lease is kept alive until the thread
+                # really ends, then its real outcome is recorded, as if the
+                # caller had waited; the caller gets its cancellation now.
+                logger.info("sentinel: %s/%s: the caller was cancelled while its sync function runs in a thread; "
+                            "the lease is kept until the thread ends and its outcome is recorded then",
+                            ns, key, extra=log_extra)
+                self._keep(asyncio.ensure_future(
+                    self._outlive(pending, lease, call, fence, attempt, hard_at, deadline, started, log_extra)))
+                raise
+            # KeyboardInterrupt, SystemExit, or an async function cancelled: it may have had effects.
             self._heartbeat.unregister(lease)
             reason = f"interrupted by {type(exc).__name__}"
             lease.lose(reason)
             if isinstance(exc, GeneratorExit):  # the coroutine is being closed: nothing may be awaited
                 raise
             await self._shielded(self._abandon(conn, ns, key, fence, reason, log_extra, deadline=None))
-            if pending is not None and not pending.cancelled() and (
-                    not pending.done() or pending.exception() is None or isinstance(pending.exception(), Exception)):
-                logger.warning("sentinel: %s/%s: the caller was interrupted while its sync function still runs in "
-                               "a thread; its outcome will be recorded late if the fence is still current",
-                               ns, key, extra=log_extra)
-                self._keep(asyncio.ensure_future(
-                    self._late_outcome(pending, call, fence, attempt, hard_at, deadline, started, log_extra)))
             raise
         finally:
             _current.reset(token)
@@ -1128,29 +1145,39 @@ class AsyncSentinel:
         return Result(ns, key, "completed", response=recorded_value, fence=fence, attempt=attempt,
                       hard_expires_at=hard_at)
 
-    async def _late_outcome(
-        self, pending: asyncio.Future[Any], call: _Call, fence: int, attempt: int, hard_at: datetime,
-        deadline: float, started: float, log_extra: Dict[str, Any],
+    async def _outlive(
+        self, pending: asyncio.Future[Any], lease: _AsyncLease, call: _Call, fence: int, attempt: int,
+        hard_at: datetime, deadline: float, started: float, log_extra: Dict[str, Any],
     ) -> None:
-        """Record the outcome of a sync function that outlived its cancelled caller (fenced as usual)."""
+        """Keep renewing the lease of a sync function whose caller was cancelled; record its outcome when it ends."""
         try:
             value = await pending
             if inspect.isawaitable(value):
                 value = await value
         except Exception as exc:
+            self._heartbeat.unregister(lease)
             took = time.perf_counter() - started
-            await self._record_failure(None, call, fence, attempt, exc, took, max(deadline, time.monotonic()),
-                                       log_extra, late=True)
+            await self._record_failure(None, call, fence, attempt, exc, took, deadline, log_extra,
+                                       caller_cancelled=True)
             return
-        except BaseException:
-            return  # interrupted in its thread too: the key stays uncertain
+        except BaseException as exc:
+            # The thread itself was interrupted, or this client is closing
+            # without it: the function may have had effects.
+            self._heartbeat.unregister(lease)
+            reason = f"interrupted by {type(exc).__name__} after its caller was cancelled"
+            lease.lose(reason)
+            await self._abandon(None, self.namespace, call.key, fence, reason, log_extra, deadline=None)
+            if not isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        self._heartbeat.unregister(lease)
         took = time.perf_counter() - started
         try:
-            await self._complete(None, call, value, fence, attempt, hard_at, max(deadline, time.monotonic()), took,
-                                 log_extra, late=True)
+            await self._complete(None, call, value, fence, attempt, hard_at, deadline, took, log_extra,
+                                 caller_cancelled=True)
         except SentinelError as exc:
-            logger.warning("sentinel: the late outcome of %s/%s was not recorded: %s", self.namespace, call.key,
-                           exc, extra=log_extra)
+            logger.warning("sentinel: the outcome of %s/%s (its caller was cancelled) was not recorded: %s",
+                           self.namespace, call.key, exc, extra=log_extra)
 
     async def _record(
         self, conn: Optional[psycopg.AsyncConnection[Any]], query: str, params: Tuple[Any, ...], deadline: float,
