@@ -85,7 +85,7 @@ except ImportError:  # pragma: no cover - the driver renamed them
     )
     COMPLETE_SQL = "select outcome, state from sentinel.complete_v1(%s, %s, %s, %s::jsonb)"
 # once() stores a fingerprint (a 43-character hash) by default; the raw SQL sends one of the same size.
-RAW_FINGERPRINT = "v1:" + "0" * 40
+RAW_FINGERPRINT = "v2:" + "0" * 40
 
 
 def _complete_params(ns: str, key: str, fence: int, response: str) -> Tuple[Any, ...]:

@@ -4,6 +4,7 @@ the decorator, waiting for in-flight results, and transactional exactly-once."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import multiprocessing
 import os
 import signal
@@ -53,8 +54,48 @@ def test_fingerprint_by_default_detects_key_reuse(make: Callable[..., sentinel.S
         s.once("pay-1", charge, kwargs={"amount": 200, "customer": "c1"})
     assert info.value.key == "pay-1"
     with pytest.raises(KeyMismatch):
-        s.once("pay-1", lambda: None)  # another function
+        s.once("pay-1", lambda: None)  # other arguments (none)
     assert s.once("pay-1", charge, kwargs={"amount": 200, "customer": "c1"}, fingerprint=False).replayed
+
+
+def pay_v1(amount: int) -> Dict[str, int]:
+    return {"charged": amount, "by": 1}
+
+
+def pay_v2(amount: int) -> Dict[str, int]:
+    raise AssertionError("the work was done by pay_v1: pay_v2 must replay it")
+
+
+def test_fingerprint_names_the_arguments_not_the_function(make: Callable[..., sentinel.Sentinel]) -> None:
+    """A rolling deploy renames the function: the same key and arguments replay, other arguments are refused."""
+    old, new = make(), make()
+    first = old.once("pay-7", pay_v1, kwargs={"amount": 100})
+    replay = new.once("pay-7", pay_v2, kwargs={"amount": 100})
+    assert replay.replayed and replay.response == first.response == {"charged": 100, "by": 1}
+    assert new.once("pay-7", lambda amount: None, kwargs={"amount": 100}).replayed  # any callable asking
+    with pytest.raises(KeyMismatch, match="pay-7"):
+        new.once("pay-7", pay_v2, kwargs={"amount": 999})
+    # An explicit fingerprint names the work when a caller wants more than the arguments.
+    old.once("pay-8", pay_v1, kwargs={"amount": 5}, fingerprint="refund:5")
+    assert new.once("pay-8", pay_v2, kwargs={"amount": 5}, fingerprint="refund:5").replayed
+    with pytest.raises(KeyMismatch):
+        new.once("pay-8", pay_v2, kwargs={"amount": 5}, fingerprint="charge:5")
+
+
+def test_a_key_recorded_by_a_worker_of_the_previous_release_replays(make: Callable[..., sentinel.Sentinel],
+                                                                   conn: psycopg.Connection[Any]) -> None:
+    """Keys recorded with the old automatic fingerprint (scheme v1, bound to the function's name) keep replaying."""
+    s = make()
+    legacy = "v1:" + hashlib.sha256(b"billing.tasks.charge\n[[],{\"amount\":100}]").hexdigest()[:40]
+    row = conn.execute("select fence from sentinel.acquire_v1(%s, 'pay-9', 'old-worker', 60000, "
+                       "fingerprint => %s)", (s.namespace, legacy)).fetchone()
+    assert row is not None
+    conn.execute("select sentinel.complete_v1(%s, 'pay-9', %s, '{\"charged\": 100}')", (s.namespace, row[0]))
+    replay = s.once("pay-9", pay_v2, kwargs={"amount": 100})
+    assert replay.replayed and replay.response == {"charged": 100}
+    # Fingerprints the caller chose are still compared with it.
+    with pytest.raises(KeyMismatch):
+        s.once("pay-9", pay_v2, kwargs={"amount": 100}, fingerprint="charge:100")
 
 
 def test_unserialisable_arguments_store_no_fingerprint(make: Callable[..., sentinel.Sentinel]) -> None:

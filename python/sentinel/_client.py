@@ -549,7 +549,7 @@ class Sentinel:
         if fingerprint is False:
             fp = None
         elif fingerprint is None or fingerprint is True:
-            fp = auto_fingerprint(fn, args, kw) if (self._fingerprints or fingerprint is True) else None
+            fp = auto_fingerprint(args, kw) if (self._fingerprints or fingerprint is True) else None
         elif isinstance(fingerprint, str) and 0 < len(fingerprint) <= 200:
             fp = fingerprint
         else:
@@ -600,11 +600,12 @@ class Sentinel:
         state at the deadline.
 
         ``fingerprint``: by default (when the ``Sentinel`` has
-        ``fingerprints=True``) a hash of ``fn``'s qualified name and the
-        canonical JSON of its arguments is stored with the claim, and a later
-        call with the same key and a different fingerprint raises
-        :class:`KeyMismatch`; give your own text, or ``False`` to opt out for
-        this call. ``retain_ms`` (default the ``Sentinel``'s): the finished
+        ``fingerprints=True``) a hash of the canonical JSON of the
+        arguments (never of ``fn`` itself: a renamed function, or another
+        callable asking, replays the result) is stored with the claim, and a
+        later call with the same key and other arguments raises
+        :class:`KeyMismatch`; give your own text to name the work, or
+        ``False`` to opt out for this call. ``retain_ms`` (default the ``Sentinel``'s): the finished
         record may be purged that long afterwards (``purge_expired``).
         ``permanent``: exception classes recorded as permanent failures,
         replayed to later callers instead of re-run (added to the

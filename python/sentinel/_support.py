@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from psycopg import sql
 
@@ -51,20 +51,25 @@ def decode_like_jsonb(text: str) -> Any:
 # -- fingerprints -----------------------------------------------------------------
 
 
-def auto_fingerprint(fn: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[str]:
-    """A stable hash of the function's qualified name and the canonical JSON of its arguments.
+def auto_fingerprint(args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[str]:
+    """A stable hash of the canonical JSON of a call's arguments (scheme ``v2``).
 
-    None when the arguments do not serialise to JSON (no fingerprint is stored
-    then, rather than one that would differ between processes).
+    It names the *arguments* only, never the function: a worker that renamed
+    or moved the function, or a reader asking with another callable, replays
+    the recorded result, and a call with other arguments is refused (the
+    Idempotency-Key convention). The function's identity is not part of it;
+    pass ``fingerprint=`` to name the work when that matters. None when the
+    arguments do not serialise to JSON (no fingerprint is stored then, rather
+    than one that would differ between processes). The database does not
+    compare it with a fingerprint of the older scheme ``v1`` (which also
+    hashed the function's name).
     """
-    target = getattr(fn, "__func__", fn)
-    name = f"{getattr(target, '__module__', None)}.{getattr(target, '__qualname__', type(target).__qualname__)}"
     try:
         payload = json.dumps([list(args), kwargs], sort_keys=True, separators=(",", ":"), allow_nan=False,
                              ensure_ascii=True, default=encode_default)
     except (TypeError, ValueError):
         return None
-    return "v1:" + hashlib.sha256(f"{name}\n{payload}".encode()).hexdigest()[:40]
+    return "v2:" + hashlib.sha256(payload.encode()).hexdigest()[:40]
 
 
 # -- local cache ------------------------------------------------------------------
