@@ -59,6 +59,7 @@ from ._client import (
     _current,
     _error_document,
     _no_function,
+    _not_started_document,
     unwrap,
 )
 from ._conn import is_connection_loss, protocol_errors, wrap_exceptions
@@ -1011,25 +1012,45 @@ class AsyncSentinel:
     async def _attempt(self, call: _Call) -> Result:
         """One acquire, and the run when it is ours."""
         ns, key = self.namespace, call.key
-        async with self._source.connection() as conn:
-            await self._check_schema(conn)
-            with wrap_exceptions():
-                row = await _fetchone(conn, _ACQUIRE_SQL,
-                                      (ns, key, self.owner, call.ttl, call.hard, call.fingerprint))
-            assert row is not None
-            outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
-            if outcome != "acquired":
-                return self._core._observed(call, outcome, fence, state, attempt, response, error, hard_at)
-            self._emit("acquired", ns, key, fence, attempt)
-            deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
-            if self._source.hold_during_fn:
-                return await self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline)
-        # A pooled connection goes back while the function runs; recording takes a fresh one.
-        return await self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline)
+        claimed: Optional[int] = None  # our fence, from the claim until the function starts
+        begun: List[bool] = []
+        try:
+            async with self._source.connection() as conn:
+                await self._check_schema(conn)
+                with wrap_exceptions():
+                    row = await _fetchone(conn, _ACQUIRE_SQL,
+                                          (ns, key, self.owner, call.ttl, call.hard, call.fingerprint))
+                assert row is not None
+                outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
+                if outcome != "acquired":
+                    return self._core._observed(call, outcome, fence, state, attempt, response, error, hard_at)
+                claimed = fence
+                self._emit("acquired", ns, key, fence, attempt)
+                deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
+                if self._source.hold_during_fn:
+                    return await self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline, begun)
+            # A pooled connection goes back while the function runs; recording takes a fresh one.
+            return await self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline, begun)
+        except BaseException as exc:
+            if claimed is not None and not begun and not isinstance(exc, GeneratorExit):
+                await self._shielded(self._release_unstarted(ns, key, claimed, call, exc))
+            raise
+
+    async def _release_unstarted(self, ns: str, key: str, fence: int, call: _Call, exc: BaseException) -> None:
+        """Give back a claim whose function never started (see ``Sentinel._release_unstarted``)."""
+        log_extra = {"sentinel_namespace": ns, "sentinel_key": key, "sentinel_fence": fence}
+        try:
+            rec = await self._record(None, _FAIL_SQL,
+                                     (ns, key, fence, _not_started_document(exc), False, call.retain_ms),
+                                     time.monotonic() + 2.0, log_extra)
+        except Exception as err:  # never hide the original exception
+            rec = None
+            logger.error("sentinel: could not release %s/%s: %s", ns, key, err, extra=log_extra)
+        self._core._not_started_reported(ns, key, fence, exc, rec, log_extra)
 
     async def _execute(
         self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, fence: int, attempt: int,
-        claimed_at: datetime, hard_at: datetime, deadline: float,
+        claimed_at: datetime, hard_at: datetime, deadline: float, begun: List[bool],
     ) -> Result:
         ns, key = self.namespace, call.key
         lease = _AsyncLease(ns, key, fence, call.ttl, deadline)
@@ -1041,6 +1062,7 @@ class AsyncSentinel:
         token = _current.set(ctx)
         started = time.perf_counter()
         try:
+            begun.append(True)
             if _is_async(call.fn):
                 value = await call.fn(*fn_args, **call.kwargs)
             else:

@@ -226,11 +226,27 @@ def _check_ttl(name: str, value: Any) -> int:
     return value
 
 
+def _safe_text(text: str) -> str:
+    """``text`` with lone surrogates (``os.fsdecode`` of undecodable bytes) spelled out: jsonb refuses them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _error_document(exc: BaseException) -> str:
     """The error stored for a failed execution, as JSON text."""
-    message = str(exc).replace("\x00", "\\0")[:4000]
+    message = _safe_text(str(exc)).replace("\x00", "\\0")[:4000]
     kind = type(exc)
     return json.dumps({"type": f"{kind.__module__}.{kind.__qualname__}", "message": message})
+
+
+def _not_started_document(exc: BaseException) -> str:
+    """The error recorded when a claim is released because its function never started."""
+    return json.dumps({"type": "sentinel.NotStarted",
+                       "message": f"{type(exc).__name__} arrived after the claim and before the function started"
+                                  f": {_safe_text(str(exc))}"[:4000]})
 
 
 def _no_function() -> None:  # pragma: no cover - never called: transaction() runs no function
@@ -729,21 +745,52 @@ class Sentinel:
     def _attempt(self, call: _Call) -> Result:
         """One acquire, and the run when it is ours."""
         ns, key = self.namespace, call.key
-        with self._source.connection() as conn:
-            self._check_schema(conn)
-            with wrap_exceptions():
-                row = conn.execute(_ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard, call.fingerprint)
-                                   ).fetchone()
-            assert row is not None
-            outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
-            if outcome != "acquired":
-                return self._observed(call, outcome, fence, state, attempt, response, error, hard_at)
-            self._emit("acquired", ns, key, fence, attempt)
-            deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
-            if self._source.hold_during_fn:
-                return self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline)
-        # A pooled connection goes back while the function runs; recording takes a fresh one.
-        return self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline)
+        claimed: Optional[int] = None  # our fence, from the claim until the function starts
+        begun: List[bool] = []
+        try:
+            with self._source.connection() as conn:
+                self._check_schema(conn)
+                with wrap_exceptions():
+                    row = conn.execute(_ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard, call.fingerprint)
+                                       ).fetchone()
+                assert row is not None
+                outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
+                if outcome != "acquired":
+                    return self._observed(call, outcome, fence, state, attempt, response, error, hard_at)
+                claimed = fence
+                self._emit("acquired", ns, key, fence, attempt)
+                deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
+                if self._source.hold_during_fn:
+                    return self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline, begun)
+            # A pooled connection goes back while the function runs; recording takes a fresh one.
+            return self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline, begun)
+        except BaseException as exc:
+            if claimed is not None and not begun:
+                self._release_unstarted(ns, key, claimed, call, exc)
+            raise
+
+    def _release_unstarted(self, ns: str, key: str, fence: int, call: _Call, exc: BaseException) -> None:
+        """Give back a claim whose function never started: a retryable failure saying so, never uncertain."""
+        log_extra = {"sentinel_namespace": ns, "sentinel_key": key, "sentinel_fence": fence}
+        try:
+            rec = self._record(None, _FAIL_SQL, (ns, key, fence, _not_started_document(exc), False, call.retain_ms),
+                               time.monotonic() + 2.0, log_extra)
+        except Exception as err:  # never hide the original exception
+            rec = None
+            logger.error("sentinel: could not release %s/%s: %s", ns, key, err, extra=log_extra)
+        self._not_started_reported(ns, key, fence, exc, rec, log_extra)
+
+    def _not_started_reported(self, ns: str, key: str, fence: int, exc: BaseException,
+                              rec: Optional[Tuple[Any, ...]], log_extra: Dict[str, Any]) -> None:
+        """Report the release of a claim whose function never started (sync and async paths alike)."""
+        if rec is not None and rec[0] == "recorded":
+            logger.warning("sentinel: %s/%s was released: %s arrived after the claim and before the function "
+                           "started; the next caller runs it", ns, key, type(exc).__name__, extra=log_extra)
+            self._emit("failed", ns, key, fence, None, None, exc, persisted=True, permanent=False, started=False)
+        else:
+            logger.error("sentinel: %s/%s: the function never started, but its claim could not be released (%s); "
+                         "it will read uncertain once its lease lapses", ns, key, rec[0] if rec else "unreachable",
+                         extra=log_extra)
 
     def _observed(
         self, call: _Call, outcome: str, fence: int, state: str, attempt: int,
@@ -775,7 +822,7 @@ class Sentinel:
 
     def _execute(
         self, conn: Optional[psycopg.Connection[Any]], call: _Call, fence: int, attempt: int,
-        claimed_at: datetime, hard_at: datetime, deadline: float,
+        claimed_at: datetime, hard_at: datetime, deadline: float, begun: List[bool],
     ) -> Result:
         ns, key = self.namespace, call.key
         lease = Lease(ns, key, fence, call.ttl, deadline)
@@ -785,6 +832,7 @@ class Sentinel:
         token = _current.set(ctx)
         started = time.perf_counter()
         try:
+            begun.append(True)
             value = call.fn(ctx, *call.args, **call.kwargs) if call.pass_context else call.fn(*call.args, **call.kwargs)
         except Exception as exc:
             self._heartbeat.unregister(lease)
