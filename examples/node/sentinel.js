@@ -192,9 +192,15 @@ function checkTtl(name, value) {
   }
 }
 
+// A lone surrogate (half of a UTF-16 pair) has no UTF-8 form: jsonb refuses its
+// \uXXXX escape. Spelled out as text, so the user's error is still recorded.
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
 function errorDocument(err) {
   const type = err?.constructor?.name ?? typeof err;
-  const message = String(err?.message ?? err).replaceAll('\0', '\\0').slice(0, 4000);
+  const message = String(err?.message ?? err)
+    .replace(LONE_SURROGATE, (c) => `\\u${c.charCodeAt(0).toString(16)}`)
+    .replaceAll('\0', '\\0').slice(0, 4000);
   return JSON.stringify({ type: `node.${type}`, message });
 }
 

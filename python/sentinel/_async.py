@@ -67,7 +67,7 @@ from ._events import DidNotHappen, Happened, Observer, ProbeAnswer, UncertainKey
 from ._fork import track as track_fork
 from ._heartbeat import HEARTBEAT_SQL, Lease
 from ._schema import SchemaStatus, migrations, required_version
-from ._support import channel, decode_like_jsonb
+from ._support import channel
 from .errors import (
     DatabaseUnavailable,
     FencedOut,
@@ -1122,10 +1122,7 @@ class AsyncSentinel:
         ns, key = self.namespace, call.key
         core = self._core
         try:
-            text = core._dumps(value)
-            if not isinstance(text, str):
-                raise TypeError(f"the serializer returned {type(text).__name__}, not str")
-            recorded_value = core._loads(decode_like_jsonb(text))
+            text, recorded_value = core._to_json(value)
         except Exception as exc:
             recorded = await self._abandon(
                 conn, ns, key, fence, f"result not serialisable: {type(exc).__name__}: {exc}"[:1000],

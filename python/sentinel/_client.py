@@ -297,8 +297,7 @@ class TransactionState:
             raise SentinelError("complete() was already called in this block")
         core = self._core
         try:
-            text = core._dumps(response)
-            return text, core._loads(decode_like_jsonb(text))
+            return core._to_json(response)
         except Exception as exc:
             raise ResultNotSerializable(
                 f"{core.namespace}/{self._call.key}: the response could not be serialised ({exc}); "
@@ -529,6 +528,21 @@ class Sentinel:
                     self._owner = f"{socket.gethostname()[:120]}:{pid}:{secrets.token_hex(4)}"
                     self._owner_pid = pid
         return self._owner
+
+    def _to_json(self, value: Any) -> Tuple[str, Any]:
+        """A function's result as the JSON text to record and as a replay will see it; raises if it cannot be."""
+        text = self._dumps(value)
+        if not isinstance(text, str):
+            raise TypeError(f"the serializer returned {type(text).__name__}, not str")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"it holds a lone surrogate ({text[exc.start:exc.end]!r}, typically os.fsdecode() of bytes that are "
+                "not UTF-8), which PostgreSQL cannot store: decode such names with errors='replace' or "
+                "errors='backslashreplace', or return the bytes as base64"
+            ) from None
+        return text, self._loads(decode_like_jsonb(text))
 
     def _check_schema(self, conn: psycopg.Connection[Any]) -> None:
         """On first use, refuse a schema this client cannot work with."""
@@ -853,10 +867,7 @@ class Sentinel:
         took = time.perf_counter() - started
 
         try:
-            text = self._dumps(value)
-            if not isinstance(text, str):
-                raise TypeError(f"the serializer returned {type(text).__name__}, not str")
-            recorded_value = self._loads(decode_like_jsonb(text))
+            text, recorded_value = self._to_json(value)
         except Exception as exc:
             recorded = self._abandon(
                 conn, ns, key, fence, f"result not serialisable: {type(exc).__name__}: {exc}"[:1000],

@@ -153,6 +153,15 @@ describe('once()', () => {
     assert.deepEqual(r.response, { ok: true });
   });
 
+  test('a lone surrogate in an error message: the error is rethrown unchanged and recorded spelled out', T, async () => {
+    const namespace = uniqueNamespace();
+    const boom = new Error('cannot export report-\udcff.csv');
+    await assert.rejects(once(pool, { namespace, key: 'k', fn: async () => { throw boom; } }), (err) => err === boom);
+    const row = await inspect(pool, { namespace, key: 'k' });
+    assert.equal(row.state, 'failed');
+    assert.equal(row.error.message, 'cannot export report-\\udcff.csv');
+  });
+
   test('a permanent failure is replayed as failed', T, async () => {
     const namespace = uniqueNamespace();
     await assert.rejects(once(pool, { namespace, key: 'k', fn: () => { throw new Error('x'); } }));
