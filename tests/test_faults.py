@@ -155,7 +155,7 @@ def test_hard_deadline_is_never_passed(
             wait_until(sample, 20, "the function to see its lease lost (hard deadline)")
             assert inside["lost"] is True
             record = samples[-1]
-            assert record["stored_state"] == "uncertain", record
+            assert record["state"] == "uncertain", record
             assert record["now"] >= record["hard_expires_at"], "the lease was lost before the hard deadline"
 
             other = client.once(key, Recorder())

@@ -58,6 +58,7 @@ from ._client import (
     _check_key,
     _current,
     _error_document,
+    _naming,
     _no_function,
     _not_started_document,
     unwrap,
@@ -73,6 +74,7 @@ from .errors import (
     FencedOut,
     ForkedPool,
     InvalidTTL,
+    KeyLocked,
     ReconcileRefused,
     ResultNotSerializable,
     SchemaError,
@@ -370,16 +372,26 @@ async def _check_compatible(conn: psycopg.AsyncConnection[Any]) -> SchemaStatus:
 class _AsyncLease(Lease):
     """A :class:`Lease` whose loss can also be awaited (``alost``)."""
 
-    __slots__ = ("alost",)
+    __slots__ = ("alost", "_loop")
 
     def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int, deadline: Optional[float]) -> None:
         super().__init__(namespace, key, fence, ttl_ms, deadline)
         self.alost = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
 
-    def lose(self, why: str) -> None:
-        self.lost_reason = why
-        self.lost.set()
+    def _notify(self) -> None:
+        try:
+            in_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            in_loop = False
+        if in_loop:
+            self._notify_in_loop()
+        elif not self._loop.is_closed():  # a sync function's thread noticed the deadline
+            self._loop.call_soon_threadsafe(self._notify_in_loop)
+
+    def _notify_in_loop(self) -> None:
         self.alost.set()
+        super()._notify()  # observers run on the event loop
 
 
 class _Heartbeater:
@@ -408,6 +420,7 @@ class _Heartbeater:
         if self._closed:
             raise RuntimeError("this AsyncSentinel is closed")
         lease.id = next(self._ids)
+        lease.on_lost = self._on_lost  # type: ignore[assignment]
         self._leases[lease.id] = lease
         due = time.monotonic() + lease.interval
         wakes_earlier = not self._heap or due < self._heap[0][0]
@@ -460,12 +473,8 @@ class _Heartbeater:
             "sentinel: %s/%s lost its lease under fence %s (%s)", lease.namespace, lease.key, lease.fence, why,
             extra={"sentinel_namespace": lease.namespace, "sentinel_key": lease.key, "sentinel_fence": lease.fence},
         )
-        lease.lose(why)
         self.unregister(lease)
-        try:
-            self._on_lost(lease)
-        except Exception:
-            logger.exception("sentinel: lease-lost callback failed")
+        lease.lose(why)
 
     def _unreachable(self, lease: _AsyncLease) -> None:
         if lease.deadline is not None and time.monotonic() >= lease.deadline:
@@ -507,8 +516,10 @@ class _Heartbeater:
                     try:
                         row = await _fetchone(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence))
                     except Exception as exc:
-                        await release(exc)
-                        level = logging.WARNING if is_connection_loss(exc) else logging.ERROR
+                        locked = getattr(exc, "sqlstate", None) == "55P03"
+                        if not locked or conn.broken or conn.closed:
+                            await release(exc)  # a lock timeout leaves the connection usable
+                        level = logging.WARNING if is_connection_loss(exc) or locked else logging.ERROR
                         logger.log(level, "sentinel: heartbeat for %s/%s failed (%s); retrying",
                                    lease.namespace, lease.key, exc,
                                    extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence})
@@ -606,10 +617,17 @@ class AsyncExecutionContext(ExecutionContext):
         self._alease = lease
 
     async def wait_lost_async(self, timeout: Optional[float] = None) -> bool:
-        """Wait until the lease is lost or ``timeout`` seconds pass; True if lost."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._alease.alost.wait(), timeout)
-        return self._alease.alost.is_set()
+        """Wait until the lease is lost (or the hard deadline passes) or ``timeout`` seconds pass; True if lost."""
+        lease = self._alease
+        end = None if timeout is None else time.monotonic() + timeout
+        while not lease.past_deadline():
+            now = time.monotonic()
+            if end is not None and now >= end:
+                return False
+            waits = [t - now for t in (end, lease.deadline) if t is not None]
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(lease.alost.wait(), max(0.0, min(waits)) if waits else None)
+        return True
 
     def wait_lost(self, timeout: Optional[float] = None) -> bool:
         """Block until the lease is lost or ``timeout`` seconds pass (sync functions only; see the class)."""
@@ -1017,7 +1035,7 @@ class AsyncSentinel:
         try:
             async with self._source.connection() as conn:
                 await self._check_schema(conn)
-                with wrap_exceptions():
+                with _naming(ns, key), wrap_exceptions():
                     row = await _fetchone(conn, _ACQUIRE_SQL,
                                           (ns, key, self.owner, call.ttl, call.hard, call.fingerprint))
                 assert row is not None
@@ -1093,6 +1111,7 @@ class AsyncSentinel:
             # KeyboardInterrupt, SystemExit, or an async function cancelled: it may have had effects.
             self._heartbeat.unregister(lease)
             reason = f"interrupted by {type(exc).__name__}"
+            lease.on_lost = None  # not a loss to report: the interruption is
             lease.lose(reason)
             if isinstance(exc, GeneratorExit):  # the coroutine is being closed: nothing may be awaited
                 raise
@@ -1184,6 +1203,7 @@ class AsyncSentinel:
             # without it: the function may have had effects.
             self._heartbeat.unregister(lease)
             reason = f"interrupted by {type(exc).__name__} after its caller was cancelled"
+            lease.on_lost = None  # not a loss to report: the interruption is
             lease.lose(reason)
             await self._abandon(None, self.namespace, call.key, fence, reason, log_extra, deadline=None)
             if not isinstance(exc, asyncio.CancelledError):
@@ -1202,10 +1222,10 @@ class AsyncSentinel:
         self, conn: Optional[psycopg.AsyncConnection[Any]], query: str, params: Tuple[Any, ...], deadline: float,
         log_extra: Dict[str, Any],
     ) -> Optional[Tuple[Any, ...]]:
-        """Run a recording call, retrying on connection loss until ``deadline``.
+        """Run a recording call, retrying on connection loss or a lock timeout until ``deadline``.
 
         Returns the function's row, or None if the database stayed out of reach
-        until the deadline. Errors other than connection loss propagate.
+        until the deadline. Other errors propagate.
         """
         delay = 0.05
         current = conn
@@ -1217,8 +1237,9 @@ class AsyncSentinel:
                 async with self._source.connection() as fresh:
                     with wrap_exceptions():
                         return await _fetchone(fresh, query, params)
-            except DatabaseUnavailable as exc:
-                current = None
+            except (DatabaseUnavailable, KeyLocked) as exc:
+                if isinstance(exc, DatabaseUnavailable):
+                    current = None  # a lock timeout leaves the connection usable
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None

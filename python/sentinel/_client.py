@@ -46,6 +46,7 @@ from .errors import (
     InvalidNamespace,
     InvalidText,
     InvalidTTL,
+    KeyLocked,
     KeyMismatch,
     OutcomeUncertain,
     PermanentFailure,
@@ -167,8 +168,12 @@ class ExecutionContext:
 
     @property
     def lease_lost(self) -> bool:
-        """True once a heartbeat found the execution no longer ours."""
-        return self._lease.lost.is_set()
+        """True once a heartbeat found the execution no longer ours, or its hard deadline passed.
+
+        The hard deadline is also checked on the local clock, so this turns
+        true on time even when the heartbeat cannot reach the database.
+        """
+        return self._lease.past_deadline()
 
     @property
     def lease_expires_at(self) -> Optional[datetime]:
@@ -177,12 +182,12 @@ class ExecutionContext:
         return value
 
     def wait_lost(self, timeout: Optional[float] = None) -> bool:
-        """Block until the lease is lost or ``timeout`` seconds pass; True if lost."""
-        return self._lease.lost.wait(timeout)
+        """Block until the lease is lost (or the hard deadline passes) or ``timeout`` seconds pass; True if lost."""
+        return self._lease.wait(timeout)
 
     def check(self) -> None:
-        """Raise :class:`LeaseLost` if the lease is lost."""
-        if self._lease.lost.is_set():
+        """Raise :class:`LeaseLost` if the lease is lost or the hard deadline passed."""
+        if self._lease.past_deadline():
             raise LeaseLost(
                 f"{self.namespace}/{self.key}: lease lost under fence {self.fence} ({self._lease.lost_reason})"
             )
@@ -224,6 +229,15 @@ def _check_ttl(name: str, value: Any) -> int:
     if value <= 0 or value > MAX_TTL_MS:
         raise InvalidTTL(f"{name} must be between 1 and {MAX_TTL_MS} ms (30 days), got {value}")
     return value
+
+
+@contextlib.contextmanager
+def _naming(ns: str, key: str) -> Iterator[None]:
+    """Name the key in a KeyLocked raised by the block (the database's message cannot)."""
+    try:
+        yield
+    except KeyLocked as exc:
+        raise KeyLocked(f"{ns}/{key}: {exc}") from exc.__cause__
 
 
 def _safe_text(text: str) -> str:
@@ -764,7 +778,7 @@ class Sentinel:
         try:
             with self._source.connection() as conn:
                 self._check_schema(conn)
-                with wrap_exceptions():
+                with _naming(ns, key), wrap_exceptions():
                     row = conn.execute(_ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard, call.fingerprint)
                                        ).fetchone()
                 assert row is not None
@@ -914,10 +928,10 @@ class Sentinel:
         self, conn: Optional[psycopg.Connection[Any]], sql: str, params: Tuple[Any, ...], deadline: float,
         log_extra: Dict[str, Any],
     ) -> Optional[Tuple[Any, ...]]:
-        """Run a recording call, retrying on connection loss until ``deadline``.
+        """Run a recording call, retrying on connection loss or a lock timeout until ``deadline``.
 
         Returns the function's row, or None if the database stayed out of reach
-        until the deadline. Errors other than connection loss propagate.
+        until the deadline. Other errors propagate.
         """
         delay = 0.05
         current: Optional[psycopg.Connection[Any]] = conn
@@ -930,8 +944,9 @@ class Sentinel:
                     with self._source.connection() as fresh, wrap_exceptions():
                         row = fresh.execute(sql, params).fetchone()
                 return tuple(row) if row is not None else None
-            except DatabaseUnavailable as exc:
-                current = None
+            except (DatabaseUnavailable, KeyLocked) as exc:
+                if isinstance(exc, DatabaseUnavailable):
+                    current = None  # a lock timeout leaves the connection usable
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None

@@ -16,6 +16,7 @@ from psycopg import pq
 from .errors import (
     DatabaseUnavailable,
     ForkedPool,
+    KeyLocked,
     LoginRefused,
     PermissionDenied,
     SchemaError,
@@ -81,6 +82,12 @@ def wrap_exceptions() -> Iterator[None]:
             diag = exc.diag
             message = diag.message_primary or str(exc)
             raise mapped(message) from exc
+        if code == "55P03":
+            raise KeyLocked(
+                "a row lock held by another session's open transaction was not released within the protocol "
+                "function's lock_timeout; commit or roll back that transaction (pg_stat_activity shows it as "
+                f"'idle in transaction'): {(exc.diag.message_primary or str(exc)).strip()}"
+            ) from exc
         if code == "42501":
             raise PermissionDenied(
                 f"{str(exc).strip()}: the schema owner can grant what an application needs with "

@@ -22,7 +22,7 @@ class Lease:
     """The heartbeat's view of one running execution."""
 
     __slots__ = ("namespace", "key", "fence", "interval", "lost", "lost_reason", "id", "beats", "lease_expires_at",
-                 "deadline")
+                 "deadline", "on_lost")
 
     def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int, deadline: Optional[float] = None) -> None:
         self.namespace = namespace
@@ -37,6 +37,48 @@ class Lease:
         self.id = 0
         self.beats = 0
         self.lease_expires_at: Any = None
+        #: called once when the lease is lost (the client's ``lease_lost`` event)
+        self.on_lost: Optional[Callable[[Lease], None]] = None
+
+    def lose(self, why: str) -> None:
+        """Mark the lease lost, once: the first reason is kept and ``on_lost`` is called."""
+        if self.lost.is_set():
+            return
+        self.lost_reason = why
+        self.lost.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.on_lost is not None:
+            try:
+                self.on_lost(self)
+            except Exception:
+                logger.exception("sentinel: lease-lost callback failed")
+
+    def past_deadline(self) -> bool:
+        """Whether the lease is lost, checking the hard deadline on the local clock too.
+
+        No renewal can succeed past the hard deadline, so the function is told
+        on time even when the heartbeat cannot ask the database (a connection
+        that hangs without an error, a renewal stuck behind a lock).
+        """
+        if not self.lost.is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
+            logger.warning("sentinel: %s/%s reached its hard deadline under fence %s", self.namespace, self.key,
+                           self.fence, extra={"sentinel_namespace": self.namespace, "sentinel_key": self.key,
+                                              "sentinel_fence": self.fence})
+            self.lose("hard deadline passed")
+        return self.lost.is_set()
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        """Block until the lease is lost (or its hard deadline passes) or ``timeout`` seconds pass."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.past_deadline():
+            now = time.monotonic()
+            if end is not None and now >= end:
+                return False
+            waits = [t - now for t in (end, self.deadline) if t is not None]
+            self.lost.wait(max(0.0, min(waits)) if waits else None)
+        return True
 
 
 class Heartbeater:
@@ -65,6 +107,7 @@ class Heartbeater:
             if self._closed:
                 raise RuntimeError("this Sentinel is closed")
             lease.id = next(self._ids)
+            lease.on_lost = self._on_lost
             self._leases[lease.id] = lease
             due = time.monotonic() + lease.interval
             wakes_earlier = not self._heap or due < self._heap[0][0]
@@ -118,18 +161,12 @@ class Heartbeater:
             return lease.id in self._leases
 
     def _lose(self, lease: Lease, why: str) -> None:
-        lease.lost_reason = why
         logger.warning(
             "sentinel: %s/%s lost its lease under fence %s (%s)", lease.namespace, lease.key, lease.fence, why,
             extra={"sentinel_namespace": lease.namespace, "sentinel_key": lease.key, "sentinel_fence": lease.fence},
         )
-        lease.lost.set()
         self.unregister(lease)
-        if self._on_lost is not None:
-            try:
-                self._on_lost(lease)
-            except Exception:
-                logger.exception("sentinel: lease-lost callback failed")
+        lease.lose(why)
 
     def _unreachable(self, lease: Lease) -> None:
         """The renewal did not reach the database: retry soon, or give up after the hard deadline."""
@@ -175,13 +212,17 @@ class Heartbeater:
                     try:
                         row = conn.execute(HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence)).fetchone()
                     except Exception as exc:
-                        if conn_cm is not None:
-                            try:
-                                conn_cm.__exit__(type(exc), exc, exc.__traceback__)
-                            except Exception:
-                                pass
-                        conn_cm = conn = None
-                        level = logging.WARNING if is_connection_loss(exc) else logging.ERROR
+                        locked = getattr(exc, "sqlstate", None) == "55P03"
+                        if not locked or conn.broken or conn.closed:
+                            # A lock timeout (another session holds this row) leaves the
+                            # connection usable: keep it, and renew the other leases.
+                            if conn_cm is not None:
+                                try:
+                                    conn_cm.__exit__(type(exc), exc, exc.__traceback__)
+                                except Exception:
+                                    pass
+                            conn_cm = conn = None
+                        level = logging.WARNING if is_connection_loss(exc) or locked else logging.ERROR
                         logger.log(
                             level, "sentinel: heartbeat for %s/%s failed (%s); retrying",
                             lease.namespace, lease.key, exc,

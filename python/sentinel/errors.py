@@ -28,6 +28,7 @@ __all__ = [
     "AppendOnly",
     "DatabaseUnavailable",
     "ForkedPool",
+    "KeyLocked",
     "PermissionDenied",
     "SchemaError",
     "TransactionInProgress",
@@ -151,6 +152,18 @@ class LoginRefused(SentinelError):
 
     Not an outage, so it is never retried: fix the user, password or database
     name in the DSN (or the server's pg_hba.conf).
+    """
+
+
+class KeyLocked(SentinelError):
+    """A protocol call waited its bound for a row lock held by another session's open transaction.
+
+    Each protocol function carries a ``lock_timeout`` (5 s; 100 ms for a
+    heartbeat), so no call waits without limit behind, say, an operator's
+    ``begin; select sentinel.acquire_v1(...)`` left open in psql. Nothing was
+    changed; commit or roll back that transaction (``pg_stat_activity`` shows
+    it as ``idle in transaction``). ``once()`` raises it for the acquire only;
+    recordings are retried until the hard deadline.
     """
 
 

@@ -1,0 +1,124 @@
+"""Stalls and bounded waiting: an open transaction, a locked row or a hung connection never blocks without limit.
+
+Real sessions hold the locks (an operator's psql transaction left open), real
+threads run the executions, and a real TCP proxy (``tcpproxy.py``) hangs the
+connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, List
+
+import psycopg
+import pytest
+
+import sentinel
+from sentinel import KeyLocked
+from tcpproxy import Proxy
+from workers import wait_until
+
+
+def _never() -> None:
+    raise AssertionError("the function must not run")
+
+
+def test_acquire_behind_an_open_transaction_is_bounded(dsn: str, namespace: str) -> None:
+    """``begin; select sentinel.acquire_v1(...)`` left open in psql: other callers get KeyLocked, not a hang."""
+    with psycopg.connect(dsn) as psql, sentinel.Sentinel(conninfo=dsn, namespace=namespace) as s:
+        psql.execute("select sentinel.acquire_v1(%s, 'k', 'psql', 60000)", (namespace,))  # transaction left open
+        outcome: Dict[str, Any] = {}
+
+        def call() -> None:
+            started = time.monotonic()
+            try:
+                outcome["result"] = s.once("k", _never)
+            except BaseException as exc:
+                outcome["error"] = exc
+            outcome["waited"] = time.monotonic() - started
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(30)
+        assert not caller.is_alive(), "acquire still blocked after 30 s behind the open transaction"
+        error = outcome.get("error")
+        assert isinstance(error, KeyLocked), outcome
+        assert f"{namespace}/k" in str(error) and "idle in transaction" in str(error), str(error)
+        assert 4.0 <= outcome["waited"] < 15.0, outcome["waited"]  # the function's 5 s lock_timeout
+        psql.rollback()
+        assert s.once("k", lambda: "ran").response == "ran"  # nothing was left behind
+
+
+def test_a_locked_key_does_not_cost_another_key_its_lease(dsn: str, namespace: str) -> None:
+    """An operator holds one execution's row locked: the worker's other executions keep their leases."""
+    ttl = 600
+    with sentinel.Sentinel(conninfo=dsn, namespace=namespace, fingerprints=False) as s, \
+            sentinel.Sentinel(conninfo=dsn, namespace=namespace, fingerprints=False) as other, \
+            psycopg.connect(dsn) as psql:
+        a_started, a_release = threading.Event(), threading.Event()
+
+        def a() -> str:
+            a_started.set()
+            a_release.wait(60)
+            return "a"
+
+        a_thread = threading.Thread(target=s.once, args=("A", a), kwargs={"ttl_ms": ttl, "hard_ttl_ms": 120000},
+                                    daemon=True)
+        a_thread.start()
+        assert a_started.wait(15)
+        psql.execute("select 1 from sentinel.executions where namespace = %s and key = 'A' for update", (namespace,))
+        seen: List[str] = []
+
+        def b() -> str:
+            # Five leases long; another worker keeps asking, and must always find B alive.
+            deadline = time.monotonic() + 5 * ttl / 1000.0
+            while time.monotonic() < deadline:
+                r = other.once("B", _never)
+                seen.append("alive" if r.execution_alive else r.state)
+                time.sleep(0.15)
+            return "b"
+
+        result = s.once("B", b, ttl_ms=ttl, hard_ttl_ms=120000)
+        psql.rollback()
+        a_release.set()
+        a_thread.join(30)
+        assert result.completed and result.response == "b"
+        assert seen and set(seen) == {"alive"}, f"B lost its lease while A's row was locked: {seen}"
+        assert other.once("A", _never).response == "a"
+
+
+def test_the_hard_deadline_fires_locally_when_the_heartbeat_connection_hangs(dsn: str, namespace: str) -> None:
+    """A half-open connection gives no error: ``ctx.lease_lost`` must still turn true at the hard deadline."""
+    hard_ms = 1500
+    with Proxy(dsn) as proxy, sentinel.Sentinel(conninfo=proxy.dsn, namespace=namespace, connect_timeout=2) as s:
+        seen: Dict[str, Any] = {}
+
+        def fn(ctx: sentinel.ExecutionContext) -> str:
+            wait_until(lambda: ctx.lease_expires_at is not None, 10, "a first renewal through the proxy")
+            proxy.stall()  # every connection of this worker now hangs, the heartbeat's too
+            seen["lost"] = ctx.wait_lost(10)
+            seen["after_s"] = (ctx.hard_expires_at - ctx.claimed_at).total_seconds()
+            seen["at"] = time.monotonic()
+            seen["lease_lost"] = ctx.lease_lost
+            with pytest.raises(sentinel.LeaseLost):
+                ctx.check()
+            proxy.resume()
+            return "late"
+
+        started = time.monotonic()
+        outcome: Dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                outcome["result"] = s.once("hung", fn, ttl_ms=300, hard_ttl_ms=hard_ms, pass_context=True)
+            except BaseException as exc:  # what the late recording says is not the point here
+                outcome["error"] = exc
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(60)
+        proxy.resume()
+        assert seen.get("lost") is True, f"ctx.wait_lost() never fired while the heartbeat hung: {seen}"
+        assert seen["lease_lost"] is True
+        assert seen["at"] - started < hard_ms / 1000.0 + 2.0, "fired long after the hard deadline"
