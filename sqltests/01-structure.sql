@@ -7,7 +7,7 @@
 \pset pager off
 
 begin;
-select plan(30);
+select plan(31);
 \ir _clock.psql
 
 -- Objects.
@@ -62,8 +62,13 @@ select results_eq(
 select is_empty(
     $$ select p.oid::regprocedure::text from pg_proc p
         where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef
-          and coalesce(p.proconfig, '{}') <> array['search_path=pg_catalog, pg_temp'] $$,
+          and not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false) $$,
     'every SECURITY DEFINER function pins search_path = pg_catalog, pg_temp');
+select is_empty(
+    $$ select p.oid::regprocedure::text || ': ' || c from pg_proc p, unnest(p.proconfig) c
+        where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef
+          and c not like 'search\_path=%' and c not like 'lock\_timeout=%' $$,
+    'and sets nothing but search_path and lock_timeout');
 -- Private helpers run inside the protocol functions (search_path already
 -- pinned) or as triggers of the owner's writes; some leave search_path unset so
 -- PostgreSQL can inline them. None may be called by anyone but the owner.
