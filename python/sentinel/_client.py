@@ -37,6 +37,7 @@ from ._fork import track as track_fork
 from ._heartbeat import Heartbeater, Lease
 from ._schema import check_compatible
 from ._support import Listener, ResponseCache, auto_fingerprint, decode_like_jsonb, default_dumps
+from .contrib import transaction_guard
 from .errors import (
     DatabaseUnavailable,
     ExecutionInProgress,
@@ -467,6 +468,8 @@ class Sentinel:
         self._owner = ""
         self._lock = threading.Lock()
         self._schema_ok = not check_schema
+        # A framework's check that no transaction of its own is open around once() (Django's atomic()).
+        self._outside_transaction = transaction_guard()
         track_fork(self)
 
     # -- lifecycle ---------------------------------------------------------
@@ -668,6 +671,8 @@ class Sentinel:
             raise SentinelError("this Sentinel is closed")
         call = self._call(key, fn, args, kwargs, ttl_ms, hard_ttl_ms, fingerprint, pass_context, retain_ms,
                           permanent)
+        if self._outside_transaction is not None:
+            self._outside_transaction(call.key)
         if isinstance(wait_ms, bool) or not isinstance(wait_ms, int) or wait_ms < 0 or wait_ms > MAX_TTL_MS:
             raise InvalidTTL(f"wait_ms must be an int between 0 and {MAX_TTL_MS}, got {wait_ms!r}")
         if self._cache is not None:

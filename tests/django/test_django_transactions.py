@@ -1,4 +1,4 @@
-"""once() commits on Sentinel's own connection, inside or outside Django's atomic(); atomic_once() commits with it."""
+"""once() records on Sentinel's own connection, so it refuses to run inside atomic(); atomic_once() commits with it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 import pytest
 from djutil import sentinel_state
 
-from sentinel import Sentinel
+from sentinel import Sentinel, TransactionInProgress
 from sentinel.contrib.django import atomic_once
 
 
@@ -57,29 +57,38 @@ def test_once_outside_atomic_commits_claim_writes_and_response(s: Sentinel, key:
     assert sentinel_state(django_dsn, s.namespace, key) == "completed"
 
 
-def test_once_inside_atomic_commits_on_its_own_and_survives_the_rollback(s: Sentinel, key: str, user: Any,
-                                                                         django_dsn: str) -> None:
-    from django.db import connection, transaction
+def test_once_inside_atomic_is_refused_before_anything_is_claimed(s: Sentinel, key: str, user: Any,
+                                                                   django_dsn: str) -> None:
+    """Recording on Sentinel's own connection inside atomic() would replay success for writes rolled back."""
+    from django.db import transaction
     from payments.models import Payment
 
-    seen: List[Any] = []
-
     def charge() -> Dict[str, Any]:
-        seen.append(sentinel_state(django_dsn, s.namespace, key))  # another connection, while atomic() is open
-        return {"payment_id": _pay(user, key).pk}  # Django's connection: part of the atomic block
+        return {"payment_id": _pay(user, key).pk}
 
     with pytest.raises(Rollback), transaction.atomic():
-        _pay(user, f"{key}-before")
-        result = s.once(key, charge)
-        assert connection.in_atomic_block
-        assert sentinel_state(django_dsn, s.namespace, key) == "completed", "visible before the block ends"
+        with pytest.raises(TransactionInProgress, match="atomic_once") as info:
+            s.once(key, charge)
+        assert "non_atomic_requests" in str(info.value) and key in str(info.value)
         raise Rollback
 
-    assert seen == ["executing"], "the claim was committed before the function ran, inside atomic()"
-    assert sentinel_state(django_dsn, s.namespace, key) == "completed", "the record survives the rollback"
-    assert not Payment.objects.filter(idempotency_key__startswith=key).exists(), "the ORM writes rolled back"
-    replay = s.once(key, _never)
-    assert replay.replayed and replay.response == result.response
+    assert sentinel_state(django_dsn, s.namespace, key) is None, "nothing was claimed"
+    assert not Payment.objects.filter(idempotency_key=key).exists()
+    # Outside atomic() the same call runs.
+    assert s.once(key, charge).completed
+
+
+def test_an_atomic_request_to_an_idempotent_view_is_refused(http: Any, user: Any, django_dsn: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import connection
+
+    from sentinel.contrib.django import get_sentinel, record_key
+
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    idem = f"atomic-{uuid.uuid4().hex}"
+    with pytest.raises(TransactionInProgress, match="ATOMIC_REQUESTS"):
+        http.post("/t/echo", data="{}", content_type="application/json", headers={"Idempotency-Key": idem})
+    assert get_sentinel().inspect(record_key(f"user-{user.pk}", idem)) is None
 
 
 def test_atomic_once_commits_claim_writes_and_response_together(s: Sentinel, key: str, user: Any,

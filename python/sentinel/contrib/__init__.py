@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 
 def framework_defaults() -> Optional[Dict[str, Any]]:
@@ -19,4 +19,20 @@ def framework_defaults() -> Optional[Dict[str, Any]]:
             from .django.conf import sentinel_defaults
 
             return sentinel_defaults()
+    return None
+
+
+def transaction_guard() -> Optional[Callable[[str], None]]:
+    """A check that ``once()`` is not called inside a framework's open transaction, or None.
+
+    Today: Django's ``atomic()`` (see ``sentinel.contrib.django``), when Django
+    is imported and configured.
+    """
+    if "django" in sys.modules:
+        from django.conf import settings
+
+        if settings.configured:
+            from .django.conf import refuse_inside_atomic
+
+            return refuse_inside_atomic
     return None

@@ -23,6 +23,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from ..._client import Sentinel
+from ...errors import TransactionInProgress
 
 __all__ = [
     "KNOWN_KEYS",
@@ -145,6 +146,28 @@ def sentinel_defaults() -> Optional[Dict[str, Any]]:
         "namespace": conf["NAMESPACE"],
         "default_ttl_ms": conf["DEFAULT_TTL_MS"],
     }
+
+
+def refuse_inside_atomic(key: str) -> None:
+    """Refuse ``once()`` while one of this thread's Django connections is inside ``atomic()``.
+
+    ``once()`` records its outcome on Sentinel's own connection, at once: if
+    the surrounding transaction (``ATOMIC_REQUESTS`` included) then rolled
+    back or failed at commit, the recorded success would be replayed for ever
+    for writes that never landed.
+    """
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        if conn.in_atomic_block:
+            raise TransactionInProgress(
+                f"once({key!r}) was called inside transaction.atomic() on database {conn.alias!r} (with "
+                "ATOMIC_REQUESTS every view runs in one): Sentinel would record the outcome before that transaction "
+                "commits, and replay it even if it rolls back. For database writes use "
+                "sentinel.contrib.django.atomic_once(), whose record commits with them; otherwise call once() "
+                "outside atomic() (mark the view @transaction.non_atomic_requests, or run it from "
+                "transaction.on_commit)"
+            )
 
 
 # -- the process-wide Sentinel --------------------------------------------------
