@@ -13,7 +13,8 @@
 # longest the command may take, counted from the claim).
 #
 # The response of a key is the command's standard output, stored exactly as
-# {"stdout": "..."}; a fresh run and every replay print the same bytes. The
+# {"stdout": "..."} (as {"stdout_base64": "..."} when it holds NUL bytes or is
+# not UTF-8); a fresh run and every replay print the same bytes. The
 # command's standard error passes through and is not stored. The command sees
 # SENTINEL_NAMESPACE, SENTINEL_KEY, SENTINEL_FENCE, SENTINEL_ATTEMPT (pass the
 # fence to downstream systems) and SENTINEL_LEASE_LOST_FILE, a path that
@@ -92,7 +93,27 @@ query() {
 # once.sh stores), else the JSON itself (an operator's reconcile may store any
 # document).
 RESPONSE_TEXT="case when jsonb_typeof(response -> 'stdout') = 'string' then response ->> 'stdout'
+                    when jsonb_typeof(response -> 'stdout_base64') = 'string' then response ->> 'stdout_base64'
                     else response::text || chr(10) end"
+# Whether that text is base64 (output that PostgreSQL text cannot hold).
+RESPONSE_ENCODING="case when jsonb_typeof(response -> 'stdout') = 'string' then 'text'
+                         when jsonb_typeof(response -> 'stdout_base64') = 'string' then 'base64' else 'text' end"
+
+# The command's output as a response document's field: {"stdout": text} when
+# it is UTF-8 without NUL bytes, else {"stdout_base64": ...} (a psql variable
+# is a C string, and PostgreSQL text holds neither NUL nor invalid UTF-8), so
+# every replay prints the same bytes. Leaves the field's name in OUT_FIELD and
+# the file to store in OUT_FILE.
+encode_output() {
+    local file=$1
+    if [ "$(tr -d '\000' < "$file" | wc -c)" -eq "$(wc -c < "$file")" ] \
+       && iconv -f UTF-8 -t UTF-8 "$file" > /dev/null 2>&1; then
+        OUT_FIELD=stdout OUT_FILE=$file
+    else
+        base64 -w0 "$file" > "$file.b64"
+        OUT_FIELD=stdout_base64 OUT_FILE=$file.b64
+    fi
+}
 
 # ---------------------------------------------------------------------------
 
@@ -109,7 +130,8 @@ once() {
 select outcome, fence, state, attempt,
        coalesce($RESPONSE_TEXT, ''),
        coalesce(error::text, ''),
-       greatest(ceil(extract(epoch from hard_expires_at - now) * 1000), 0)::bigint
+       greatest(ceil(extract(epoch from hard_expires_at - now) * 1000), 0)::bigint,
+       $RESPONSE_ENCODING
   from sentinel.acquire_v1(namespace   => :'ns',
                            key         => :'key',
                            owner       => :'owner',
@@ -128,11 +150,13 @@ SQL
         die 207 "cannot acquire $NS/$key: database unavailable, schema missing or no privilege; nothing ran"
     fi
     local outcome=${F[0]} fence=${F[1]} state=${F[2]} attempt=${F[3]}
-    local response=${F[4]} error=${F[5]} hard_ms_left=${F[6]}
+    local response=${F[4]} error=${F[5]} hard_ms_left=${F[6]} encoding=${F[7]:-text}
 
     case $outcome in
         completed) say "$NS/$key: completed under fence $fence; replaying its response"
-                   printf '%s' "$response"; exit 0 ;;
+                   if [ "$encoding" = base64 ]; then printf '%s' "$response" | base64 -d
+                   else printf '%s' "$response"; fi
+                   exit 0 ;;
         alive)     say "$NS/$key: being executed by another worker (fence $fence, state $state)"; exit 200 ;;
         uncertain) say "$NS/$key: UNCERTAIN (fence $fence): an execution started and its outcome is unknown; reconcile it"
                    exit 201 ;;
@@ -164,9 +188,10 @@ SQL
         abandon "$key" "$fence" "command killed by signal $(( status - 128 ))"
         exit "$status"
     fi
+    encode_output "$work/stdout"
     if [ "$status" -ne 0 ]; then
         record "$key" "$fence" "$deadline" fail_v1 \
-            "sentinel.fail_v1(:'ns', :'key', :'fence', jsonb_build_object('exit', $status, 'stdout', left(:'out', -1)))"
+            "sentinel.fail_v1(:'ns', :'key', :'fence', jsonb_build_object('exit', $status, '$OUT_FIELD', left(:'out', -1)))"
         case ${F[0]:-} in
             recorded|already_recorded) say "$NS/$key: failed with exit status $status (recorded; the next call retries)" ;;
             stale) say "$NS/$key: failed with exit status $status, but fence $fence is no longer current (state ${F[1]:-gone}): not recorded" ;;
@@ -176,7 +201,7 @@ SQL
         exit "$status"
     fi
     record "$key" "$fence" "$deadline" complete_v1 \
-        "sentinel.complete_v1(:'ns', :'key', :'fence', jsonb_build_object('stdout', left(:'out', -1)))"
+        "sentinel.complete_v1(:'ns', :'key', :'fence', jsonb_build_object('$OUT_FIELD', left(:'out', -1)))"
     case ${F[0]:-} in
         recorded|already_recorded)
             say "$NS/$key: completed under fence $fence (${F[0]})"
@@ -244,7 +269,7 @@ record() {
         rc=0
         # psql reads the output file itself (no argv size limit); the x keeps
         # trailing newlines, which a backquote substitution would drop.
-        query -v ns="$NS" -v key="$key" -v fence="$fence" -v file="$work/stdout" <<SQL || rc=$?
+        query -v ns="$NS" -v key="$key" -v fence="$fence" -v file="$OUT_FILE" <<SQL || rc=$?
 \\set out \`cat :'file'; printf x\`
 select outcome, coalesce(state, ''), coalesce(fence::text, '') from $call
 SQL
