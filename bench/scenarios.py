@@ -11,7 +11,7 @@ Connection choice
     ``psycopg`` connection with the cheapest SQL doing the same number of
     committed round trips; psycopg prepares repeated statements on both sides
     alike. A third, diagnostic variant sends the exact protocol SQL
-    (``acquire_v1``/``complete_v2``) on such a persistent connection: the gap
+    (``acquire_v2``/``complete_v2``) on such a persistent connection: the gap
     floor -> raw SQL is the database's share, raw SQL -> ``once()`` the
     driver's. ``Sentinel`` runs with its defaults (fingerprints on, no local
     response cache, ttl 3 s), as an application would.
@@ -30,6 +30,7 @@ import math
 import os
 import random
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -72,18 +73,14 @@ from sentinel import Sentinel
 
 HERE = Path(__file__).resolve().parent
 
-# The protocol SQL exactly as the driver sends it, so that the raw-SQL
-# diagnostic does the same database work as once(); taken from the driver
-# (private names, read only) so that it follows the driver's changes.
-try:
-    from sentinel._client import _ACQUIRE_SQL as ACQUIRE_SQL
-    from sentinel._client import _COMPLETE_SQL as COMPLETE_SQL
-except ImportError:  # pragma: no cover - the driver renamed them
-    ACQUIRE_SQL = (
-        "select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at,"
-        " hard_expires_at, now from sentinel.acquire_v1(%s, %s, %s, %s, %s, true, %s)"
-    )
-    COMPLETE_SQL = "select outcome, state from sentinel.complete_v1(%s, %s, %s, %s::jsonb)"
+# The protocol SQL as the driver sends it, so that the raw-SQL diagnostic does
+# the same database work as once(): acquire_v2 with a per-call token, and
+# complete_v2 with its retention argument.
+ACQUIRE_SQL = (
+    "select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at,"
+    " hard_expires_at, now from sentinel.acquire_v2(%s, %s, %s, %s, %s, true, %s, %s)"
+)
+COMPLETE_SQL = "select outcome, state from sentinel.complete_v2(%s, %s, %s, %s::jsonb, %s)"
 # once() stores a fingerprint (a 43-character hash) by default; the raw SQL sends one of the same size.
 RAW_FINGERPRINT = "v2:" + "0" * 40
 
@@ -274,7 +271,8 @@ def s1_fresh(ctx: Ctx) -> List[Row]:
 
         def raw(i: int) -> None:
             k = f"s1r-{i}"
-            row = raw_conn.execute(ACQUIRE_SQL, (ns_raw, k, owner, 3000, 3000, RAW_FINGERPRINT)).fetchone()
+            row = raw_conn.execute(ACQUIRE_SQL, (ns_raw, k, owner, 3000, 3000, RAW_FINGERPRINT,
+                                                 secrets.token_hex(16))).fetchone()
             assert row is not None and row[0] == "acquired", row
             done = raw_conn.execute(COMPLETE_SQL, _complete_params(ns_raw, k, row[1], SMALL_RESPONSE)).fetchone()
             assert done is not None and done[0] == "recorded", done
@@ -287,7 +285,7 @@ def s1_fresh(ctx: Ctx) -> List[Row]:
         floor_conn.close()
         raw_conn.close()
         server = _server_means(mon, {
-            "acquire_v1 (fresh)": "%sentinel.acquire_v1%", "complete": "%sentinel.complete_v%",
+            "acquire_v2 (fresh)": "%sentinel.acquire_v2%", "complete": "%sentinel.complete_v%",
             "floor insert": "insert into bench.floor (k)%", "floor update": "update bench.floor set v%",
         }) if ctx.info.pg_stat_statements else {}
     sf, so, sr = (summarize(v.samples) for v in vs)
@@ -342,7 +340,8 @@ def s2_replay(ctx: Ctx) -> List[Row]:
                 raise RuntimeError(f"replay expected: {r}")
 
         def raw(i: int) -> None:
-            row = raw_conn.execute(ACQUIRE_SQL, (ns, f"s2-{order[i % n]}", owner, 3000, 3000, fp)).fetchone()
+            row = raw_conn.execute(ACQUIRE_SQL, (ns, f"s2-{order[i % n]}", owner, 3000, 3000, fp,
+                                                 secrets.token_hex(16))).fetchone()
             assert row is not None and row[0] == "completed", row
 
         vs = [Variant("floor", floor), Variant("once", once), Variant("raw", raw)]
@@ -353,7 +352,7 @@ def s2_replay(ctx: Ctx) -> List[Row]:
         conn.close()
         raw_conn.close()
         server = _server_means(mon, {
-            "acquire_v1 (replay)": "%sentinel.acquire_v1%", "floor select": "select v from bench.floor%",
+            "acquire_v2 (replay)": "%sentinel.acquire_v2%", "floor select": "select v from bench.floor%",
         }) if ctx.info.pg_stat_statements else {}
     sf, so, sr = (summarize(v.samples) for v in vs)
     cpu = {v.name: round(v.cpu_us_per_call, 1) for v in vs}
@@ -733,7 +732,7 @@ def _server_costs(conn: Conn) -> Dict[str, float]:
     page images are per fresh call (acquire + completion).
     """
     rows = [r for r in statements(conn, "%sentinel.%_v%") if r["toplevel"] and r["calls"]]
-    acq = [r for r in rows if "acquire_v1" in r["query"]]
+    acq = [r for r in rows if "acquire_v" in r["query"]]
     comp = [r for r in rows if "complete_v" in r["query"]]
     n_fresh = sum(r["calls"] for r in comp)
     n_acq = sum(r["calls"] for r in acq)

@@ -54,7 +54,7 @@ select is_empty(
 select results_eq(
     $$ select p.proname::text collate "default" from pg_proc p
         where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef order by 1 $$,
-    $$ values ('abandon_v1'), ('acquire_v1'), ('begin_v1'),
+    $$ values ('abandon_v1'), ('acquire_v1'), ('acquire_v2'), ('begin_v1'),
               ('complete_v1'), ('complete_v2'), ('events_v1'), ('fail_v1'), ('fail_v2'), ('heartbeat_v1'),
               ('inspect_v1'), ('list_v1'), ('purge_events_v1'), ('purge_expired_v1'), ('purge_v1'),
               ('reconcile_v1'), ('stats_v1'), ('unwatch_v1'), ('watch_v1') $$,

@@ -8,7 +8,7 @@
 \pset pager off
 
 begin;
-select plan(10);
+select plan(11);
 
 create function pg_temp.lock_timeout_of(p_signature text) returns text
     language sql stable
@@ -22,6 +22,8 @@ $$;
 select is(pg_temp.lock_timeout_of('sentinel.heartbeat_v1(text, text, bigint)'), '100ms', 'heartbeat_v1: 100 ms');
 select is(pg_temp.lock_timeout_of('sentinel.acquire_v1(text, text, text, bigint, bigint, boolean, text)'), '5s',
           'acquire_v1: 5 s');
+select is(pg_temp.lock_timeout_of('sentinel.acquire_v2(text, text, text, bigint, bigint, boolean, text, text)'),
+          '5s', 'acquire_v2: 5 s');
 select is(pg_temp.lock_timeout_of('sentinel.begin_v1(text, text, bigint)'), '5s', 'begin_v1: 5 s');
 select is(pg_temp.lock_timeout_of('sentinel.complete_v1(text, text, bigint, jsonb)'), '5s', 'complete_v1: 5 s');
 select is(pg_temp.lock_timeout_of('sentinel.complete_v2(text, text, bigint, jsonb, bigint)'), '5s', 'complete_v2: 5 s');

@@ -5,7 +5,10 @@ server of ``dsn`` (its Unix socket or its TCP address); ``proxy.dsn`` is the
 DSN to give the client. ``stall()`` stops forwarding in both directions while
 every socket stays open, as a half-open connection or a hung middlebox does:
 the client's reads then block with no error. ``resume()`` forwards again,
-including what was held back.
+including what was held back. ``drop_reply_to(b"acquire_v2")`` forwards the
+next statement containing those bytes, lets the server run (and commit) it,
+reads its whole reply up to ReadyForQuery, and then closes that connection
+without passing the reply on: a reply lost after the commit.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import select
 import socket
 import threading
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -40,6 +43,8 @@ class Proxy:
         self._closed = False
         self._sockets: List[socket.socket] = []
         self.connections = 0
+        self._drop_pattern: Optional[bytes] = None
+        self.dropped = 0  # replies dropped so far
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
     def stall(self) -> None:
@@ -48,6 +53,10 @@ class Proxy:
 
     def resume(self) -> None:
         self._forwarding.set()
+
+    def drop_reply_to(self, pattern: bytes) -> None:
+        """Drop the reply to the next statement that contains ``pattern`` (once)."""
+        self._drop_pattern = pattern
 
     def close(self) -> None:
         self._closed = True
@@ -78,10 +87,13 @@ class Proxy:
                 continue
             self.connections += 1
             self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), name="proxy-pump", daemon=True).start()
+            state: Dict[str, Any] = {"dropping": False}
+            for src, dst, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(src, dst, up, state), name="proxy-pump",
+                                 daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, up: bool, state: Dict[str, Any]) -> None:
+        pending = b""
         try:
             while not self._closed:
                 readable, _, _ = select.select([src], [], [], 0.05)
@@ -92,6 +104,16 @@ class Proxy:
                 if not data:
                     break
                 self._forwarding.wait()
+                pattern = self._drop_pattern
+                if up and pattern is not None and pattern in data:
+                    self._drop_pattern = None
+                    state["dropping"] = True
+                elif not up and state["dropping"]:
+                    pending += data
+                    if b"Z\x00\x00\x00\x05" in pending:  # ReadyForQuery: the server is done (and committed)
+                        self.dropped += 1
+                        break  # close both sides; the client never sees the reply
+                    continue
                 dst.sendall(data)
         except OSError:
             pass

@@ -245,7 +245,7 @@ def test_private_pool_uses_no_prepared_statements_by_default(dsn: str, namespace
         async with make(dsn, namespace, pool_size=1) as plain:
             assert await prepared(plain) == []
         async with make(dsn, namespace, pool_size=1, prepared_statements=True) as fast:
-            assert any("acquire_v1" in text for text in await prepared(fast))
+            assert any("acquire_v2" in text for text in await prepared(fast))
 
     run(main())
 

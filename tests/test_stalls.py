@@ -7,6 +7,7 @@ connection.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any, Dict, List
@@ -122,3 +123,50 @@ def test_the_hard_deadline_fires_locally_when_the_heartbeat_connection_hangs(dsn
         assert seen.get("lost") is True, f"ctx.wait_lost() never fired while the heartbeat hung: {seen}"
         assert seen["lease_lost"] is True
         assert seen["at"] - started < hard_ms / 1000.0 + 2.0, "fired long after the hard deadline"
+
+
+# -- lost replies (the ambiguous commit) --------------------------------------------
+
+
+def _events(conn: psycopg.Connection[Any], namespace: str, key: str) -> List[Any]:
+    return conn.execute("select from_state, to_state, fence from sentinel.events where namespace = %s and key = %s "
+                        "order by id", (namespace, key)).fetchall()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_lost_reply_to_acquire_is_retried_as_the_same_claim(dsn: str, namespace: str, kind: str,
+                                                              conn: psycopg.Connection[Any]) -> None:
+    """The server commits the claim, the reply is lost: the retry gets the same claim, the function runs once."""
+    runs: List[int] = []
+    with Proxy(dsn) as proxy:
+        proxy.drop_reply_to(b"acquire_v")
+        if kind == "sync":
+            with sentinel.Sentinel(conninfo=proxy.dsn, namespace=namespace) as s:
+                result = s.once("pay", lambda: runs.append(1) or "charged", ttl_ms=5000)
+        else:
+            async def charge() -> str:
+                runs.append(1)
+                return "charged"
+
+            async def main() -> sentinel.Result:
+                async with sentinel.AsyncSentinel(conninfo=proxy.dsn, namespace=namespace) as s:
+                    return await s.once("pay", charge, ttl_ms=5000)
+
+            result = asyncio.run(main())
+        assert proxy.dropped == 1, "the proxy never dropped the acquire's reply"
+    assert result.completed and result.response == "charged" and runs == [1]
+    assert result.attempt == 1
+    # One claim, completed under its fence: no second claim, never uncertain.
+    assert _events(conn, namespace, "pay") == [(None, "executing", result.fence),
+                                               ("executing", "completed", result.fence)]
+
+
+def test_a_lost_reply_to_complete_is_retried_and_answers_already_recorded(dsn: str, namespace: str,
+                                                                          conn: psycopg.Connection[Any]) -> None:
+    runs: List[int] = []
+    with Proxy(dsn) as proxy, sentinel.Sentinel(conninfo=proxy.dsn, namespace=namespace) as s:
+        proxy.drop_reply_to(b"complete_v")
+        result = s.once("refund", lambda: runs.append(1) or "refunded", ttl_ms=5000)
+        assert proxy.dropped == 1
+    assert result.completed and result.persisted and runs == [1]
+    assert _events(conn, namespace, "refund")[-1] == ("executing", "completed", result.fence)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Callable, Dict
 
 import psycopg
@@ -55,21 +56,21 @@ def test_every_prefix_upgrades_to_head_and_keeps_keys(empty_db: Callable[[], str
         assert late == ("recorded",)
 
 
-# A future release, simulated: a pre migration adds acquire_v2 beside acquire_v1,
-# and a later post migration removes _v1.
+# A future release, simulated: a pre migration adds acquire_v3 (protocol 3) beside
+# the others, and a later post migration removes protocol 1.
 _PRE_V2 = """
-create function sentinel.acquire_v2(namespace text, key text, owner text, ttl_ms bigint)
+create function sentinel.acquire_v3(namespace text, key text, owner text, ttl_ms bigint)
     returns sentinel.acquire_result_v1 language sql security definer set search_path = pg_catalog, pg_temp
     as $$ select * from sentinel.acquire_v1(namespace, key, owner, ttl_ms) $$;
 create or replace function sentinel.api_versions() returns integer[] language sql immutable
-    set search_path = pg_catalog, pg_temp as $$ select array[1, 2] $$;
+    set search_path = pg_catalog, pg_temp as $$ select array[1, 2, 3] $$;
 create or replace function sentinel.schema_version() returns integer language sql immutable
     set search_path = pg_catalog, pg_temp as $$ select {pre} $$;
-insert into sentinel.migrations (id, name, checksum) values ({pre}, '{pre:04d}_pre_acquire_v2', 'future');
+insert into sentinel.migrations (id, name, checksum) values ({pre}, '{pre:04d}_pre_acquire_v3', 'future');
 """
 _POST_DROP_V1 = """
 create or replace function sentinel.api_versions() returns integer[] language sql immutable
-    set search_path = pg_catalog, pg_temp as $$ select array[2] $$;
+    set search_path = pg_catalog, pg_temp as $$ select array[2, 3] $$;
 create or replace function sentinel.schema_version() returns integer language sql immutable
     set search_path = pg_catalog, pg_temp as $$ select {post} $$;
 insert into sentinel.migrations (id, name, checksum) values ({post}, '{post:04d}_post_drop_v1', 'future');
@@ -84,13 +85,13 @@ def test_v1_client_works_beside_v2_and_is_refused_after_v1_is_dropped(empty_db: 
         conn.execute(_PRE_V2.replace("{pre}", str(PRE)).replace("{pre:04d}", f"{PRE:04d}").encode())
         assert sentinel.init_db(conn) == [], "a newer but compatible database is left alone"
         st = sentinel.status(conn)
-        assert st.unknown == [f"{PRE:04d}_pre_acquire_v2"] and st.problems() == []
+        assert st.unknown == [f"{PRE:04d}_pre_acquire_v3"] and st.problems() == []
 
     with sentinel.Sentinel(conninfo=dsn, namespace=NS) as s:
         assert s.once("k", lambda: "v1 client").response == "v1 client"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("select outcome from sentinel.acquire_v2(%s, 'k', 'v2-client', 1000)", (NS,)).fetchone()
-        assert row == ("completed",), "a v2 client replays what a v1 client recorded"
+        row = conn.execute("select outcome from sentinel.acquire_v3(%s, 'k', 'v3-client', 1000)", (NS,)).fetchone()
+        assert row == ("completed",), "a v3 client replays what this client recorded"
         conn.execute(_POST_DROP_V1.replace("{post}", str(POST)).replace("{post:04d}", f"{POST:04d}").encode())
         with pytest.raises(SchemaError, match="no longer provides protocol v1"):
             sentinel.init_db(conn)
@@ -98,3 +99,24 @@ def test_v1_client_works_beside_v2_and_is_refused_after_v1_is_dropped(empty_db: 
     with sentinel.Sentinel(conninfo=dsn, namespace=NS) as s, \
             pytest.raises(SchemaError, match="upgrade sentinel-coordination"):
         s.once("k2", lambda: pytest.fail("must not run against an incompatible schema"))
+
+
+def test_a_role_granted_before_acquire_v2_may_call_it_after_the_upgrade(empty_db: Callable[[], str]) -> None:
+    """Migration 0008 grants acquire_v2 to whoever could call acquire_v1: an upgrade locks no application out."""
+    dsn = empty_db()
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        sentinel.init_db(conn, to=7)
+        conn.execute(f"create role {role}")
+        try:
+            conn.execute("select sentinel.grant_v1(%s)", (role,))
+            sentinel.init_db(conn)
+            conn.execute(f"set role {role}")
+            row = conn.execute("select outcome from sentinel.acquire_v2(%s, 'k', 'w', 1000, "
+                               "token => 'a-token-of-16-chars')", (NS,)).fetchone()
+            assert row == ("acquired",)
+            conn.execute("reset role")
+        finally:
+            conn.execute("reset role")
+            conn.execute(f"drop owned by {role}")
+            conn.execute(f"drop role {role}")

@@ -54,6 +54,7 @@ from ._client import (
     Result,
     Sentinel,
     TransactionState,
+    _AcquireRetry,
     _Call,
     _check_key,
     _current,
@@ -1028,31 +1029,40 @@ class AsyncSentinel:
         return await self._attempt(call)
 
     async def _attempt(self, call: _Call) -> Result:
-        """One acquire, and the run when it is ours."""
+        """One acquire (retried as the same call after a lost reply), and the run when it is ours."""
         ns, key = self.namespace, call.key
         claimed: Optional[int] = None  # our fence, from the claim until the function starts
         begun: List[bool] = []
-        try:
-            async with self._source.connection() as conn:
-                await self._check_schema(conn)
-                with _naming(ns, key), wrap_exceptions():
-                    row = await _fetchone(conn, _ACQUIRE_SQL,
-                                          (ns, key, self.owner, call.ttl, call.hard, call.fingerprint))
-                assert row is not None
-                outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
-                if outcome != "acquired":
-                    return self._core._observed(call, outcome, fence, state, attempt, response, error, hard_at)
-                claimed = fence
-                self._emit("acquired", ns, key, fence, attempt)
-                deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
-                if self._source.hold_during_fn:
-                    return await self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline, begun)
-            # A pooled connection goes back while the function runs; recording takes a fresh one.
-            return await self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline, begun)
-        except BaseException as exc:
-            if claimed is not None and not begun and not isinstance(exc, GeneratorExit):
-                await self._shielded(self._release_unstarted(ns, key, claimed, call, exc))
-            raise
+        retry = _AcquireRetry(call)
+        while True:
+            try:
+                async with self._source.connection() as conn:
+                    await self._check_schema(conn)
+                    retry.asking()
+                    with _naming(ns, key), wrap_exceptions():
+                        row = await _fetchone(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
+                                                                   call.fingerprint, retry.token))
+                    retry.answered()
+                    assert row is not None
+                    outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
+                    if outcome != "acquired":
+                        return self._core._observed(call, outcome, fence, state, attempt, response, error, hard_at)
+                    claimed = fence
+                    self._emit("acquired", ns, key, fence, attempt, retried=retry.retries or None)
+                    deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
+                    if self._source.hold_during_fn:
+                        return await self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline, begun)
+                # A pooled connection goes back while the function runs; recording takes a fresh one.
+                return await self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline, begun)
+            except DatabaseUnavailable as exc:
+                pause = retry.after(exc, ns, key)
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+            except BaseException as exc:
+                if claimed is not None and not begun and not isinstance(exc, GeneratorExit):
+                    await self._shielded(self._release_unstarted(ns, key, claimed, call, exc))
+                raise
 
     async def _release_unstarted(self, ns: str, key: str, fence: int, call: _Call, exc: BaseException) -> None:
         """Give back a claim whose function never started (see ``Sentinel._release_unstarted``)."""
@@ -1435,7 +1445,7 @@ class AsyncSentinel:
             async with conn.transaction():
                 await self._check_schema(conn)
                 row = await _fetchone(conn, _ACQUIRE_SQL, (ns, call.key, self.owner, call.ttl, call.hard,
-                                                           call.fingerprint))
+                                                           call.fingerprint, None))
                 assert row is not None
                 outcome, fence, state, attempt, response, error = row[:6]
                 tx = AsyncTransaction(core, conn, call, outcome, fence, state, attempt,

@@ -67,7 +67,7 @@ NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
 
 _ACQUIRE_SQL = (
     "select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at,"
-    " hard_expires_at, now from sentinel.acquire_v1(%s, %s, %s, %s, %s, true, %s)"
+    " hard_expires_at, now from sentinel.acquire_v2(%s, %s, %s, %s, %s, true, %s, %s)"
 )
 _COMPLETE_SQL = "select outcome, state from sentinel.complete_v2(%s, %s, %s, %s::jsonb, %s)"
 _FAIL_SQL = "select outcome, state from sentinel.fail_v2(%s, %s, %s, %s::jsonb, %s, %s)"
@@ -92,6 +92,53 @@ class _Call:
     pass_context: bool
     retain_ms: Optional[int]
     permanent: Tuple[Type[BaseException], ...]
+
+
+class _AcquireRetry:
+    """The retry of an acquire whose reply may have been lost (sync and async paths alike).
+
+    Each call draws a random token and sends it with ``acquire_v2``. When the
+    connection breaks after the statement went out, the claim may have been
+    committed without our knowing it: the same call asks again, with the same
+    token, and the database hands the claim back (same fence) if it was made.
+    It retries with backoff while that claim's lease would still live, never
+    when the statement never left (nothing can have been claimed then).
+    """
+
+    __slots__ = ("token", "retries", "_asked", "_answered", "_until", "_delay", "_ttl_s")
+
+    def __init__(self, call: _Call) -> None:
+        self.token = secrets.token_hex(16)
+        self.retries = 0
+        self._asked = False  # an acquire went out
+        self._answered = False  # ... and its answer came back: never ask again after that
+        self._until = 0.0
+        self._delay = 0.05
+        self._ttl_s = call.ttl / 1000.0
+
+    def asking(self) -> None:
+        if not self._asked:
+            self._until = time.monotonic() + self._ttl_s  # the claim, if made, lives at least this long
+        self._asked = True
+
+    def answered(self) -> None:
+        self._answered = True
+
+    def after(self, exc: BaseException, ns: str, key: str) -> Optional[float]:
+        """Seconds to wait before asking again, or None to give up with ``exc``."""
+        if not self._asked or self._answered:
+            return None  # nothing went out (nothing claimed), or the answer came: the run's own errors
+        remaining = self._until - time.monotonic()
+        if remaining <= 0:
+            logger.error("sentinel: %s/%s: the reply to acquire was lost and the database stayed out of reach for "
+                         "a whole lease; if the claim was made, it reads uncertain now", ns, key)
+            return None
+        self.retries += 1
+        pause = min(self._delay * (0.5 + random.random()), remaining)
+        self._delay = min(self._delay * 2, 1.0)
+        logger.warning("sentinel: %s/%s: the reply to acquire was lost (%s); asking again as the same call",
+                       ns, key, exc)
+        return pause
 
 
 class LeaseLost(SentinelError):
@@ -776,31 +823,40 @@ class Sentinel:
         return self._attempt(call)
 
     def _attempt(self, call: _Call) -> Result:
-        """One acquire, and the run when it is ours."""
+        """One acquire (retried as the same call after a lost reply), and the run when it is ours."""
         ns, key = self.namespace, call.key
         claimed: Optional[int] = None  # our fence, from the claim until the function starts
         begun: List[bool] = []
-        try:
-            with self._source.connection() as conn:
-                self._check_schema(conn)
-                with _naming(ns, key), wrap_exceptions():
-                    row = conn.execute(_ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard, call.fingerprint)
-                                       ).fetchone()
-                assert row is not None
-                outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
-                if outcome != "acquired":
-                    return self._observed(call, outcome, fence, state, attempt, response, error, hard_at)
-                claimed = fence
-                self._emit("acquired", ns, key, fence, attempt)
-                deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
-                if self._source.hold_during_fn:
-                    return self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline, begun)
-            # A pooled connection goes back while the function runs; recording takes a fresh one.
-            return self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline, begun)
-        except BaseException as exc:
-            if claimed is not None and not begun:
-                self._release_unstarted(ns, key, claimed, call, exc)
-            raise
+        retry = _AcquireRetry(call)
+        while True:
+            try:
+                with self._source.connection() as conn:
+                    self._check_schema(conn)
+                    retry.asking()
+                    with _naming(ns, key), wrap_exceptions():
+                        row = conn.execute(_ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard, call.fingerprint,
+                                                          retry.token)).fetchone()
+                    retry.answered()
+                    assert row is not None
+                    outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
+                    if outcome != "acquired":
+                        return self._observed(call, outcome, fence, state, attempt, response, error, hard_at)
+                    claimed = fence
+                    self._emit("acquired", ns, key, fence, attempt, retried=retry.retries or None)
+                    deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
+                    if self._source.hold_during_fn:
+                        return self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline, begun)
+                # A pooled connection goes back while the function runs; recording takes a fresh one.
+                return self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline, begun)
+            except DatabaseUnavailable as exc:
+                pause = retry.after(exc, ns, key)
+                if pause is None:
+                    raise
+                time.sleep(pause)
+            except BaseException as exc:
+                if claimed is not None and not begun:
+                    self._release_unstarted(ns, key, claimed, call, exc)
+                raise
 
     def _release_unstarted(self, ns: str, key: str, fence: int, call: _Call, exc: BaseException) -> None:
         """Give back a claim whose function never started: a retryable failure saying so, never uncertain."""
@@ -1136,8 +1192,8 @@ class Sentinel:
         user_raised: List[BaseException] = []
         with protocol_errors(user_raised), conn.transaction():
             self._check_schema(conn)
-            row = conn.execute(_ACQUIRE_SQL, (ns, call.key, self.owner, call.ttl, call.hard, call.fingerprint)
-                               ).fetchone()
+            row = conn.execute(_ACQUIRE_SQL, (ns, call.key, self.owner, call.ttl, call.hard, call.fingerprint,
+                                              None)).fetchone()
             assert row is not None
             outcome, fence, state, attempt, response, error = row[:6]
             tx = Transaction(self, conn, call, outcome, fence, state, attempt,
