@@ -56,7 +56,7 @@ select results_eq(
         where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef order by 1 $$,
     $$ values ('abandon_v1'), ('acquire_v1'), ('acquire_v2'), ('begin_v1'),
               ('complete_v1'), ('complete_v2'), ('events_v1'), ('fail_v1'), ('fail_v2'), ('heartbeat_v1'),
-              ('inspect_v1'), ('list_v1'), ('purge_events_v1'), ('purge_expired_v1'), ('purge_v1'),
+              ('inspect_v1'), ('list_v1'), ('list_v2'), ('purge_events_v1'), ('purge_expired_v1'), ('purge_v1'),
               ('reconcile_v1'), ('stats_v1'), ('unwatch_v1'), ('watch_v1') $$,
     'exactly the protocol functions are SECURITY DEFINER');
 select is_empty(

@@ -440,7 +440,7 @@ def test_namespaces_are_isolated(dsn: str, namespace: str) -> None:
             assert (await a.once("same-key", lambda: "a")).response == "a"
             assert (await b.once("same-key", lambda: "b")).response == "b"
             assert (await a.once("same-key", lambda: "x")).response == "a"
-            listed = await b.list()
+            listed = await b.list(bodies=True)
             assert [r["key"] for r in listed] == ["same-key"] and listed[0]["response"] == "b"
 
     run(main())

@@ -179,7 +179,7 @@ def test_namespaces_are_isolated(dsn: str, namespace: str) -> None:
         assert a.once("same-key", lambda: "a").response == "a"
         assert b.once("same-key", lambda: "b").response == "b"
         assert a.once("same-key", lambda: "x").response == "a"
-        assert [r["key"] for r in b.list()] == ["same-key"] and b.list()[0]["response"] == "b"
+        assert [r["key"] for r in b.list()] == ["same-key"] and b.list(bodies=True)[0]["response"] == "b"
 
 
 def test_purge_removes_old_records_and_fences_keep_growing(client: sentinel.Sentinel) -> None:

@@ -20,6 +20,7 @@ from ._schema import SchemaStatus, check_compatible, init_db, migrations, requir
 from .errors import (
     AppendOnly,
     DatabaseUnavailable,
+    DocumentTooLarge,
     ExecutionInProgress,
     ExecutionNotFound,
     FencedOut,
@@ -99,6 +100,7 @@ __all__ = [
     "AppendOnly",
     "KeyLocked",
     "KeyMismatch",
+    "DocumentTooLarge",
     "ForkedPool",
     "LoginRefused",
     "ResultNotSerializable",

@@ -72,6 +72,7 @@ from ._schema import SchemaStatus, migrations, required_version
 from ._support import channel
 from .errors import (
     DatabaseUnavailable,
+    DocumentTooLarge,
     FencedOut,
     ForkedPool,
     InvalidTTL,
@@ -1140,8 +1141,12 @@ class AsyncSentinel:
     ) -> None:
         ns, key = self.namespace, call.key
         permanent = isinstance(exc, call.permanent) if call.permanent else False
-        rec = await self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc), permanent, call.retain_ms),
-                                 deadline, log_extra)
+        try:
+            rec = await self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc), permanent,
+                                                       call.retain_ms), deadline, log_extra)
+        except DocumentTooLarge:  # the DBA's cap is below our document: a shorter one still records it
+            rec = await self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc, 200), permanent,
+                                                       call.retain_ms), deadline, log_extra)
         self._core._failure_reported(ns, key, fence, attempt, took, exc, rec, permanent, log_extra, **details)
 
     async def _complete(
@@ -1164,13 +1169,13 @@ class AsyncSentinel:
             ) from exc
         try:
             rec = await self._record(conn, _COMPLETE_SQL, (ns, key, fence, text, call.retain_ms), deadline, log_extra)
-        except psycopg.DataError as exc:
-            # The database refused the JSON (for example a \u0000 escape in jsonb).
+        except (psycopg.DataError, DocumentTooLarge) as exc:
+            # The database refused the JSON (a \u0000 escape in jsonb, a document over its cap).
             recorded = await self._abandon(
                 conn, ns, key, fence, f"result refused by the database: {exc}"[:1000], log_extra, deadline=deadline
             )
             raise ResultNotSerializable(
-                f"{ns}/{key}: the function ran but PostgreSQL refused its result as jsonb ({exc}); "
+                f"{ns}/{key}: the function ran but PostgreSQL refused to store its result as jsonb ({exc}); "
                 "the key is marked uncertain and will not run again until reconciled",
                 value=value, recorded=recorded,
             ) from exc
@@ -1299,10 +1304,10 @@ class AsyncSentinel:
         return dict(zip(names, rows[0])) if rows else None
 
     async def list(self, state: Optional[str] = None, *, older_than_ms: Optional[int] = None,
-                   max_rows: int = 100) -> List[Dict[str, Any]]:
-        """Execution records of this namespace, oldest change first, optionally by effective state."""
-        names, rows = await self._rows("select * from sentinel.list_v1(%s, %s, %s, %s)",
-                                       (self.namespace, state, older_than_ms, max_rows))
+                   max_rows: int = 100, bodies: bool = False) -> List[Dict[str, Any]]:
+        """Execution records of this namespace (see :meth:`Sentinel.list`); bodies only with ``bodies=True``."""
+        names, rows = await self._rows("select * from sentinel.list_v2(%s, %s, %s, %s, %s)",
+                                       (self.namespace, state, older_than_ms, max_rows, bool(bodies)))
         return [dict(zip(names, r)) for r in rows]
 
     async def reconcile(self, key: str, *, action: str, actor: str, reason: str, response: Any = None,

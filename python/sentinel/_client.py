@@ -40,6 +40,7 @@ from ._support import Listener, ResponseCache, auto_fingerprint, decode_like_jso
 from .contrib import transaction_guard
 from .errors import (
     DatabaseUnavailable,
+    DocumentTooLarge,
     ExecutionInProgress,
     FencedOut,
     InvalidArgument,
@@ -297,9 +298,9 @@ def _safe_text(text: str) -> str:
     return text
 
 
-def _error_document(exc: BaseException) -> str:
+def _error_document(exc: BaseException, max_chars: int = 4000) -> str:
     """The error stored for a failed execution, as JSON text."""
-    message = _safe_text(str(exc)).replace("\x00", "\\0")[:4000]
+    message = _safe_text(str(exc)).replace("\x00", "\\0")[:max_chars]
     kind = type(exc)
     return json.dumps({"type": f"{kind.__module__}.{kind.__qualname__}", "message": message})
 
@@ -927,8 +928,12 @@ class Sentinel:
             self._heartbeat.unregister(lease)
             took = time.perf_counter() - started
             permanent = isinstance(exc, call.permanent) if call.permanent else False
-            rec = self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc), permanent, call.retain_ms),
-                               deadline, log_extra)
+            try:
+                rec = self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc), permanent,
+                                                     call.retain_ms), deadline, log_extra)
+            except DocumentTooLarge:  # the DBA's cap is below our document: a shorter one still records it
+                rec = self._record(conn, _FAIL_SQL, (ns, key, fence, _error_document(exc, 200), permanent,
+                                                     call.retain_ms), deadline, log_extra)
             self._failure_reported(ns, key, fence, attempt, took, exc, rec, permanent, log_extra)
             raise
         except BaseException as exc:
@@ -956,13 +961,13 @@ class Sentinel:
 
         try:
             rec = self._record(conn, _COMPLETE_SQL, (ns, key, fence, text, call.retain_ms), deadline, log_extra)
-        except psycopg.DataError as exc:
-            # The database refused the JSON (for example a \u0000 escape in jsonb).
+        except (psycopg.DataError, DocumentTooLarge) as exc:
+            # The database refused the JSON (a \u0000 escape in jsonb, a document over its cap).
             recorded = self._abandon(
                 conn, ns, key, fence, f"result refused by the database: {exc}"[:1000], log_extra, deadline=deadline
             )
             raise ResultNotSerializable(
-                f"{ns}/{key}: the function ran but PostgreSQL refused its result as jsonb ({exc}); "
+                f"{ns}/{key}: the function ran but PostgreSQL refused to store its result as jsonb ({exc}); "
                 "the key is marked uncertain and will not run again until reconciled",
                 value=value, recorded=recorded,
             ) from exc
@@ -1052,11 +1057,15 @@ class Sentinel:
             return dict(zip(names, row))
 
     def list(self, state: Optional[str] = None, *, older_than_ms: Optional[int] = None,
-             max_rows: int = 100) -> List[Dict[str, Any]]:
-        """Execution records of this namespace, oldest change first, optionally by effective state."""
+             max_rows: int = 100, bodies: bool = False) -> List[Dict[str, Any]]:
+        """Execution records of this namespace, oldest change first, optionally by effective state.
+
+        ``response`` and ``error`` are None unless ``bodies=True`` (a record's
+        full body is :meth:`inspect`'s).
+        """
         with self._source.connection() as conn, wrap_exceptions():
-            cur = conn.execute("select * from sentinel.list_v1(%s, %s, %s, %s)",
-                               (self.namespace, state, older_than_ms, max_rows))
+            cur = conn.execute("select * from sentinel.list_v2(%s, %s, %s, %s, %s)",
+                               (self.namespace, state, older_than_ms, max_rows, bool(bodies)))
             names = [d.name for d in (cur.description or [])]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 

@@ -181,7 +181,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     """List a namespace's execution records by effective state, oldest change first."""
     with _sentinel(args) as s:
-        rows = s.list(args.state, older_than_ms=args.older_than, max_rows=args.limit)
+        rows = s.list(args.state, older_than_ms=args.older_than, max_rows=args.limit, bodies=args.bodies)
     _emit(args, {"namespace": args.namespace, "records": rows}, lambda: _table(
         ["key", "state", "fence", "attempt", "owner", "changed", "reason"],
         [[r["key"], r["state"], r["fence"], r["attempt"], r["owner"], _age(r["now"], r["updated_at"]) + " ago",
@@ -325,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=["claimed", "executing", "completed", "failed", "uncertain"])
     p.add_argument("--older-than", type=duration_ms, metavar="AGE", help="last change at least AGE ago (10m, 2h)")
     p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    p.add_argument("--bodies", action="store_true", help="include responses and errors (with --json)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("inspect", parents=[common, ns], help="a record and its history",

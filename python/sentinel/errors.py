@@ -27,6 +27,7 @@ __all__ = [
     "UnknownRole",
     "AppendOnly",
     "DatabaseUnavailable",
+    "DocumentTooLarge",
     "ForkedPool",
     "KeyLocked",
     "PermissionDenied",
@@ -165,6 +166,19 @@ class KeyLocked(SentinelError):
     it as ``idle in transaction``). ``once()`` raises it for the acquire only;
     recordings are retried until the hard deadline.
     """
+
+
+class DocumentTooLarge(InvalidArgument):
+    """A response or error document over its cap in ``sentinel.limits`` (SQLSTATE SN015); nothing was recorded.
+
+    The caps (``max_response_bytes``, default 1 MiB; ``max_error_bytes``,
+    default 64 KiB) are the DBA's to change. ``once()`` raises
+    :class:`ResultNotSerializable` for a result over the cap (the key is
+    marked uncertain: the function ran) and stores a shortened error document
+    for an exception.
+    """
+
+    sqlstate = "SN015"
 
 
 class ForkedPool(SentinelError):
