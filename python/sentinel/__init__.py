@@ -44,6 +44,7 @@ from .errors import (
     ResultNotSerializable,
     SchemaError,
     SentinelError,
+    SerializationConflict,
     TransactionInProgress,
     UnknownRole,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "DatabaseUnavailable",
     "PermissionDenied",
     "SchemaError",
+    "SerializationConflict",
     "TransactionInProgress",
     "UnknownRole",
     "AppendOnly",

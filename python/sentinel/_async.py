@@ -64,7 +64,7 @@ from ._client import (
     _not_started_document,
     unwrap,
 )
-from ._conn import is_connection_loss, protocol_errors, wrap_exceptions
+from ._conn import _BEGIN_RC, _EXPLICIT, is_connection_loss, protocol_errors, wrap_exceptions
 from ._events import DidNotHappen, Happened, Observer, ProbeAnswer, UncertainKey, Unknown, probe_name
 from ._fork import track as track_fork
 from ._heartbeat import HEARTBEAT_SQL, Lease
@@ -81,6 +81,7 @@ from .errors import (
     ResultNotSerializable,
     SchemaError,
     SentinelError,
+    SerializationConflict,
     TransactionInProgress,
 )
 
@@ -341,6 +342,34 @@ async def _fetchone(conn: psycopg.AsyncConnection[Any], query: Any, params: Any 
     return None if row is None else tuple(row)
 
 
+async def _protocol_row(conn: psycopg.AsyncConnection[Any], query: Any,
+                        params: Any = None) -> Optional[Tuple[Any, ...]]:
+    """``_conn.protocol_row`` for an AsyncConnection: one autocommit protocol statement, at read committed."""
+    explicit = _EXPLICIT.get(conn)
+    if explicit is None:
+        row = await _fetchone(conn, "show transaction_isolation")
+        level = str(row[0]) if row is not None else "read committed"
+        explicit = level != "read committed"
+        _EXPLICIT[conn] = explicit
+        if explicit:
+            logger.info("sentinel: this session's default isolation is %s; protocol calls run in explicit "
+                        "read committed transactions", level)
+    if not explicit:
+        return await _fetchone(conn, query, params)
+    try:
+        async with conn.pipeline():
+            await conn.execute(_BEGIN_RC)
+            cur = await conn.execute(query, params)
+            await conn.execute("commit")
+        row = await cur.fetchone()
+        return None if row is None else tuple(row)
+    except BaseException:
+        if not conn.closed and not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            with contextlib.suppress(Exception):
+                await conn.execute("rollback")
+        raise
+
+
 async def _check_compatible(conn: psycopg.AsyncConnection[Any]) -> SchemaStatus:
     """``_schema.check_compatible`` for an AsyncConnection (reads schema_version() and api_versions())."""
     mine = migrations()
@@ -516,11 +545,11 @@ class _Heartbeater:
                             self._unreachable(lease)
                             continue
                     try:
-                        row = await _fetchone(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence))
+                        row = await _protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence))
                     except Exception as exc:
-                        locked = getattr(exc, "sqlstate", None) == "55P03"
+                        locked = getattr(exc, "sqlstate", None) in ("55P03", "40001", "40P01")
                         if not locked or conn.broken or conn.closed:
-                            await release(exc)  # a lock timeout leaves the connection usable
+                            await release(exc)  # a lock timeout or a conflict leaves the connection usable
                         level = logging.WARNING if is_connection_loss(exc) or locked else logging.ERROR
                         logger.log(level, "sentinel: heartbeat for %s/%s failed (%s); retrying",
                                    lease.namespace, lease.key, exc,
@@ -977,7 +1006,7 @@ class AsyncSentinel:
         try:
             async with self._source.connection() as conn:
                 with wrap_exceptions():
-                    row = await _fetchone(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, ms))
+                    row = await _protocol_row(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, ms))
             return int(row[0]) if row else None
         except SentinelError as exc:
             logger.debug("sentinel: watch_v1 failed (%s); polling instead", exc)
@@ -987,7 +1016,7 @@ class AsyncSentinel:
         try:
             async with self._source.connection() as conn:
                 with wrap_exceptions():
-                    await conn.execute("select sentinel.unwatch_v1(%s)", (watch_id,))
+                    await _protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,))
         except SentinelError as exc:  # the watcher expires by itself
             logger.debug("sentinel: unwatch failed: %s", exc)
 
@@ -1041,7 +1070,7 @@ class AsyncSentinel:
                     await self._check_schema(conn)
                     retry.asking()
                     with _naming(ns, key), wrap_exceptions():
-                        row = await _fetchone(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
+                        row = await _protocol_row(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
                                                                    call.fingerprint, retry.token))
                     retry.answered()
                     assert row is not None
@@ -1057,6 +1086,13 @@ class AsyncSentinel:
                 return await self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline, begun)
             except DatabaseUnavailable as exc:
                 pause = retry.after(exc, ns, key)
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+            except SerializationConflict:
+                # The acquire was aborted with nothing written (repeatable read or
+                # serializable session): asking again is safe.
+                pause = retry.after_conflict()
                 if pause is None:
                     raise
                 await asyncio.sleep(pause)
@@ -1237,7 +1273,7 @@ class AsyncSentinel:
         self, conn: Optional[psycopg.AsyncConnection[Any]], query: str, params: Tuple[Any, ...], deadline: float,
         log_extra: Dict[str, Any],
     ) -> Optional[Tuple[Any, ...]]:
-        """Run a recording call, retrying on connection loss or a lock timeout until ``deadline``.
+        """Run a recording call, retrying on connection loss, a lock timeout or a conflict until ``deadline``.
 
         Returns the function's row, or None if the database stayed out of reach
         until the deadline. Other errors propagate.
@@ -1248,13 +1284,13 @@ class AsyncSentinel:
             try:
                 if current is not None and not current.closed and not current.broken:
                     with wrap_exceptions():
-                        return await _fetchone(current, query, params)
+                        return await _protocol_row(current, query, params)
                 async with self._source.connection() as fresh:
                     with wrap_exceptions():
-                        return await _fetchone(fresh, query, params)
-            except (DatabaseUnavailable, KeyLocked) as exc:
+                        return await _protocol_row(fresh, query, params)
+            except (DatabaseUnavailable, KeyLocked, SerializationConflict) as exc:
                 if isinstance(exc, DatabaseUnavailable):
-                    current = None  # a lock timeout leaves the connection usable
+                    current = None  # a lock timeout or a conflict leaves the connection usable
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None

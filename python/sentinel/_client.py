@@ -20,7 +20,16 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import psycopg
 
-from ._conn import GetConn, GetConnSource, PoolSource, Source, conninfo_source, protocol_errors, wrap_exceptions
+from ._conn import (
+    GetConn,
+    GetConnSource,
+    PoolSource,
+    Source,
+    conninfo_source,
+    protocol_errors,
+    protocol_row,
+    wrap_exceptions,
+)
 from ._events import (
     DidNotHappen,
     Event,
@@ -55,6 +64,7 @@ from .errors import (
     ReconcileRefused,
     ResultNotSerializable,
     SentinelError,
+    SerializationConflict,
 )
 
 logger = logging.getLogger("sentinel")
@@ -106,7 +116,7 @@ class _AcquireRetry:
     when the statement never left (nothing can have been claimed then).
     """
 
-    __slots__ = ("token", "retries", "_asked", "_answered", "_until", "_delay", "_ttl_s")
+    __slots__ = ("token", "retries", "_asked", "_answered", "_until", "_delay", "_ttl_s", "_conflicts")
 
     def __init__(self, call: _Call) -> None:
         self.token = secrets.token_hex(16)
@@ -116,6 +126,14 @@ class _AcquireRetry:
         self._until = 0.0
         self._delay = 0.05
         self._ttl_s = call.ttl / 1000.0
+        self._conflicts = 0
+
+    def after_conflict(self) -> Optional[float]:
+        """Seconds to wait before asking again after a serialization conflict, or None after too many."""
+        self._conflicts += 1
+        if self._conflicts > 50:
+            return None
+        return float(min(0.002 * 2 ** min(self._conflicts, 8), 0.2) * (0.5 + random.random()))
 
     def asking(self) -> None:
         if not self._asked:
@@ -776,7 +794,7 @@ class Sentinel:
             if watch_id is not None:
                 try:
                     with self._source.connection() as conn, wrap_exceptions():
-                        conn.execute("select sentinel.unwatch_v1(%s)", (watch_id,))
+                        protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,))
                 except SentinelError as exc:  # the watcher expires by itself
                     logger.debug("sentinel: unwatch failed: %s", exc)
 
@@ -784,9 +802,10 @@ class Sentinel:
         """Ask the database to NOTIFY this key's outcome (it notifies only watched keys)."""
         try:
             with self._source.connection() as conn, wrap_exceptions():
-                row = conn.execute("select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, wait_ms)).fetchone()
+                row = protocol_row(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, wait_ms))
                 return int(row[0]) if row else None
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, SerializationConflict) as exc:
+            logger.debug("sentinel: watch_v1 failed (%s); polling instead", exc)
             return None
 
     def _listener(self) -> Optional[Listener]:
@@ -835,8 +854,8 @@ class Sentinel:
                     self._check_schema(conn)
                     retry.asking()
                     with _naming(ns, key), wrap_exceptions():
-                        row = conn.execute(_ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard, call.fingerprint,
-                                                          retry.token)).fetchone()
+                        row = protocol_row(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
+                                                                call.fingerprint, retry.token))
                     retry.answered()
                     assert row is not None
                     outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
@@ -851,6 +870,13 @@ class Sentinel:
                 return self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline, begun)
             except DatabaseUnavailable as exc:
                 pause = retry.after(exc, ns, key)
+                if pause is None:
+                    raise
+                time.sleep(pause)
+            except SerializationConflict:
+                # The acquire was aborted with nothing written (repeatable read or
+                # serializable session): asking again is safe.
+                pause = retry.after_conflict()
                 if pause is None:
                     raise
                 time.sleep(pause)
@@ -994,7 +1020,7 @@ class Sentinel:
         self, conn: Optional[psycopg.Connection[Any]], sql: str, params: Tuple[Any, ...], deadline: float,
         log_extra: Dict[str, Any],
     ) -> Optional[Tuple[Any, ...]]:
-        """Run a recording call, retrying on connection loss or a lock timeout until ``deadline``.
+        """Run a recording call, retrying on connection loss, a lock timeout or a conflict until ``deadline``.
 
         Returns the function's row, or None if the database stayed out of reach
         until the deadline. Other errors propagate.
@@ -1005,14 +1031,14 @@ class Sentinel:
             try:
                 if current is not None and not current.closed and not current.broken:
                     with wrap_exceptions():
-                        row = current.execute(sql, params).fetchone()
+                        row = protocol_row(current, sql, params)
                 else:
                     with self._source.connection() as fresh, wrap_exceptions():
-                        row = fresh.execute(sql, params).fetchone()
+                        row = protocol_row(fresh, sql, params)
                 return tuple(row) if row is not None else None
-            except (DatabaseUnavailable, KeyLocked) as exc:
+            except (DatabaseUnavailable, KeyLocked, SerializationConflict) as exc:
                 if isinstance(exc, DatabaseUnavailable):
-                    current = None  # a lock timeout leaves the connection usable
+                    current = None  # a lock timeout or a conflict leaves the connection usable
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -1115,7 +1141,7 @@ class Sentinel:
         total = 0
         with self._source.connection() as conn, wrap_exceptions():
             while True:
-                row = conn.execute("select sentinel.purge_events_v1(%s, %s)", (older_than_ms, batch_size)).fetchone()
+                row = protocol_row(conn, "select sentinel.purge_events_v1(%s, %s)", (older_than_ms, batch_size))
                 n = int(row[0]) if row else 0
                 total += n
                 if n < batch_size:

@@ -8,7 +8,8 @@ import os
 import re
 import select
 import threading
-from typing import Any, Callable, Iterator, List, Optional
+import weakref
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import psycopg
 from psycopg import pq
@@ -21,6 +22,7 @@ from .errors import (
     PermissionDenied,
     SchemaError,
     SentinelError,
+    SerializationConflict,
     TransactionInProgress,
     from_sqlstate,
 )
@@ -82,6 +84,13 @@ def wrap_exceptions() -> Iterator[None]:
             diag = exc.diag
             message = diag.message_primary or str(exc)
             raise mapped(message) from exc
+        if code in ("40001", "40P01"):
+            raise SerializationConflict(
+                "the server aborted the call for a concurrent update (nothing was written); this session runs at "
+                "repeatable read or serializable, and the protocol needs read committed: "
+                "`alter role <role> set default_transaction_isolation = 'read committed'`: "
+                f"{(exc.diag.message_primary or str(exc)).strip()}"
+            ) from exc
         if code == "55P03":
             raise KeyLocked(
                 "a row lock held by another session's open transaction was not released within the protocol "
@@ -110,6 +119,59 @@ def wrap_exceptions() -> Iterator[None]:
     except Exception as exc:
         if is_connection_loss(exc):
             raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        raise
+
+
+# Whether a connection's session runs at another isolation than read committed
+# (the role's or database's default_transaction_isolation), asked once per
+# connection. The protocol needs read committed: a claim racing another under
+# repeatable read or serializable is aborted by the server (40001), and under
+# serializable even a heartbeat racing readers is.
+_EXPLICIT: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+_BEGIN_RC = "begin isolation level read committed"
+
+
+def _needs_explicit(conn: psycopg.Connection[Any]) -> bool:
+    known = _EXPLICIT.get(conn)
+    if known is None:
+        row = conn.execute("show transaction_isolation").fetchone()
+        level = str(row[0]) if row is not None else "read committed"
+        known = level != "read committed"
+        _EXPLICIT[conn] = known
+        if known:
+            logger.info("sentinel: this session's default isolation is %s; protocol calls run in explicit "
+                        "read committed transactions (set the role's default_transaction_isolation to read "
+                        "committed to save that)", level)
+    return known
+
+
+def protocol_row(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> Optional[Tuple[Any, ...]]:
+    """Run one protocol statement of an autocommit connection at read committed; its first row.
+
+    On a session whose default is read committed (the usual case) it is the
+    statement alone, one round trip. Otherwise it is wrapped in ``begin
+    isolation level read committed`` ... ``commit``, pipelined in one round
+    trip where libpq supports it. psycopg errors pass as they are.
+    """
+    if not _needs_explicit(conn):
+        row = conn.execute(query, params).fetchone()
+        return None if row is None else tuple(row)
+    try:
+        if psycopg.Pipeline.is_supported():
+            with conn.pipeline():
+                conn.execute(_BEGIN_RC)
+                cur = conn.execute(query, params)
+                conn.execute("commit")
+        else:  # pragma: no cover - libpq < 14
+            conn.execute(_BEGIN_RC)
+            cur = conn.execute(query, params)
+            conn.execute("commit")
+        row = cur.fetchone()
+        return None if row is None else tuple(row)
+    except BaseException:
+        if not conn.closed and not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            with contextlib.suppress(Exception):
+                conn.execute("rollback")
         raise
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import psycopg
 
-from ._conn import Source, is_connection_loss
+from ._conn import Source, is_connection_loss, protocol_row
 
 logger = logging.getLogger("sentinel")
 
@@ -210,12 +210,13 @@ class Heartbeater:
                             self._unreachable(lease)
                             continue
                     try:
-                        row = conn.execute(HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence)).fetchone()
+                        row = protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence))
                     except Exception as exc:
-                        locked = getattr(exc, "sqlstate", None) == "55P03"
+                        # A lock timeout (another session holds this row) or a conflict (a
+                        # repeatable-read session) leaves the connection usable.
+                        locked = getattr(exc, "sqlstate", None) in ("55P03", "40001", "40P01")
                         if not locked or conn.broken or conn.closed:
-                            # A lock timeout (another session holds this row) leaves the
-                            # connection usable: keep it, and renew the other leases.
+                            # Otherwise keep the connection, and renew the other leases.
                             if conn_cm is not None:
                                 try:
                                     conn_cm.__exit__(type(exc), exc, exc.__traceback__)

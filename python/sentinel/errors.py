@@ -28,6 +28,7 @@ __all__ = [
     "AppendOnly",
     "DatabaseUnavailable",
     "DocumentTooLarge",
+    "SerializationConflict",
     "ForkedPool",
     "KeyLocked",
     "PermissionDenied",
@@ -165,6 +166,16 @@ class KeyLocked(SentinelError):
     changed; commit or roll back that transaction (``pg_stat_activity`` shows
     it as ``idle in transaction``). ``once()`` raises it for the acquire only;
     recordings are retried until the hard deadline.
+    """
+
+
+class SerializationConflict(SentinelError):
+    """The server aborted a protocol call for a concurrent update (SQLSTATE 40001 or 40P01); nothing was written.
+
+    It happens when the session's isolation is repeatable read or serializable
+    (the role's or database's ``default_transaction_isolation``). ``once()``
+    retries such a call and raises this only if it keeps conflicting; set the
+    role's default back to read committed.
     """
 
 
