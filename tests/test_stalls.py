@@ -8,6 +8,7 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any, Dict, List
@@ -170,3 +171,32 @@ def test_a_lost_reply_to_complete_is_retried_and_answers_already_recorded(dsn: s
         assert proxy.dropped == 1
     assert result.completed and result.persisted and runs == [1]
     assert _events(conn, namespace, "refund")[-1] == ("executing", "completed", result.fence)
+
+
+def _tcp_settings(conn: Any) -> Dict[str, int]:
+    import socket
+
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        return {"keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                "user_timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)}
+    finally:
+        sock.close()
+
+
+def test_sentinels_own_tcp_connections_detect_a_vanished_peer(dsn: str, namespace: str) -> None:
+    """Keepalives and tcp_user_timeout on the sockets Sentinel opens, unless the conninfo says otherwise."""
+    with Proxy(dsn) as proxy:
+        with sentinel.Sentinel(conninfo=proxy.dsn, namespace=namespace) as s:
+            with s._source.connection() as conn:
+                assert _tcp_settings(conn) == {"keepalive": 1, "user_timeout": 10000}
+        with sentinel.Sentinel(conninfo=proxy.dsn + " tcp_user_timeout=2500", namespace=namespace) as s:
+            with s._source.connection() as conn:
+                assert _tcp_settings(conn)["user_timeout"] == 2500  # the user's choice wins
+
+        async def main() -> Dict[str, int]:
+            async with sentinel.AsyncSentinel(conninfo=proxy.dsn, namespace=namespace) as a:
+                async with a._source.connection() as aconn:
+                    return _tcp_settings(aconn)
+
+        assert asyncio.run(main()) == {"keepalive": 1, "user_timeout": 10000}

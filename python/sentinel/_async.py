@@ -64,7 +64,7 @@ from ._client import (
     _not_started_document,
     unwrap,
 )
-from ._conn import _BEGIN_RC, _EXPLICIT, is_connection_loss, protocol_errors, wrap_exceptions
+from ._conn import _BEGIN_RC, _EXPLICIT, is_connection_loss, protocol_errors, tcp_options, wrap_exceptions
 from ._events import DidNotHappen, Happened, Observer, ProbeAnswer, UncertainKey, Unknown, probe_name
 from ._fork import track as track_fork
 from ._heartbeat import HEARTBEAT_SQL, Lease
@@ -229,6 +229,8 @@ class _PoolSource(_AsyncSource):
                     kwargs = await kwargs
             options = dict(kwargs or {})
             options["autocommit"] = True
+            for name, value in tcp_options(conninfo or "").items():
+                options.setdefault(name, value)
             cls: Any = getattr(pool, "connection_class", None) or psycopg.AsyncConnection
             conn: psycopg.AsyncConnection[Any] = await cls.connect(conninfo or "", **options)
         try:
@@ -318,7 +320,8 @@ class _PrivatePoolSource(_PoolSource):
         if "check" in inspect.signature(AsyncConnectionPool).parameters:  # psycopg_pool >= 3.2
             options["check"] = _check_idle
         pool: Any = AsyncConnectionPool(
-            self._conninfo, kwargs={"prepare_threshold": self._prepare_threshold}, min_size=1,
+            self._conninfo, kwargs={"prepare_threshold": self._prepare_threshold, **tcp_options(self._conninfo)},
+            min_size=1,
             max_size=self._max_size, configure=configure, open=False, name="sentinel", timeout=self._timeout,
             **options,
         )

@@ -9,10 +9,11 @@ import re
 import select
 import threading
 import weakref
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import psycopg
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 
 from .errors import (
     DatabaseUnavailable,
@@ -42,6 +43,24 @@ _LOGIN_REFUSED = re.compile(
     r"FATAL:\s+(password authentication failed|\w+ authentication failed|role \".*\" does not exist"
     r"|database \".*\" does not exist|no pg_hba\.conf entry)"
 )
+
+
+# TCP settings of the connections Sentinel opens itself, unless the conninfo
+# names them: a peer that vanished (a crashed host, a dropped NAT entry, a
+# half-open connection) fails the connection within about 10 s instead of
+# blocking a call, or the heartbeat, for the kernel's default of minutes to
+# hours. libpq ignores them for Unix sockets.
+TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                "tcp_user_timeout": 10000}
+
+
+def tcp_options(conninfo: str) -> Dict[str, Any]:
+    """The TCP settings of :data:`TCP_DEFAULTS` that ``conninfo`` does not set itself."""
+    try:
+        given = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return {}  # let the connection attempt report the bad conninfo
+    return {k: v for k, v in TCP_DEFAULTS.items() if k not in given}
 
 
 def login_refused(exc: BaseException) -> Optional[str]:
@@ -299,6 +318,8 @@ class PoolSource(Source):
         kwargs = getattr(self._pool, "kwargs", None) or {}
         kwargs = dict(kwargs() if callable(kwargs) else kwargs)
         kwargs["autocommit"] = True
+        for name, value in tcp_options(conninfo or "").items():
+            kwargs.setdefault(name, value)
         connection_class = getattr(self._pool, "connection_class", None) or psycopg.Connection
         with wrap_exceptions():
             conn = connection_class.connect(conninfo, **kwargs)
@@ -343,11 +364,12 @@ class ConninfoSource(Source):
         self._idle: List[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._tcp = tcp_options(conninfo)
 
     def _connect(self) -> psycopg.Connection[Any]:
         with wrap_exceptions():
             return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=self._timeout,
-                                   prepare_threshold=self._prepare_threshold)
+                                   prepare_threshold=self._prepare_threshold, **self._tcp)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
