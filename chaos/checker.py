@@ -31,7 +31,7 @@ import psycopg
 Key = Tuple[str, str]
 
 LAPSE_REASONS = ("lease expired", "hard deadline passed")
-FENCE_IN_ERROR = re.compile(r"\bfence=(\d+)\b")
+FENCE_IN_ERROR = re.compile(r"\bfence[= ](\d+)\b")  # "fence=N" (chaos functions), "under fence N" (LeaseLost)
 
 # The history table and its trigger (installed by the harness as the schema owner).
 AUDIT_SQL = """
@@ -442,8 +442,8 @@ def check_calls(facts: Facts, limits: Limits) -> List[Violation]:
         if v.state == "failed" and v.error_permanent:
             permanent[(v.namespace, v.key, v.fence)] = v.error
     bound = limits.hard_ttl_ms / 1000.0 + limits.margin_s
-    clear = {"fresh", "replayed", "alive", "uncertain", "failed_replay", "raised", "fenced_out", "unpersisted",
-             "error", "ledger_down", "begin_refused"}
+    clear = {"fresh", "replayed", "alive", "uncertain", "failed_replay", "raised", "late_raise", "fenced_out",
+             "unpersisted", "error", "ledger_down", "begin_refused"}
     for c in facts.calls:
         where = f"call {c.call} ({c.ns}/{c.key}, {c.outcome}, fence {c.fence})"
         recorded = [v for v in completed.get((c.ns, c.key), []) if v.fence == c.fence]
@@ -458,7 +458,7 @@ def check_calls(facts: Facts, limits: Limits) -> List[Violation]:
             if not any(v.response == c.response for v in recorded):
                 out.append(Violation("3 nothing lost", f"{where}: reported recorded, but no completed version "
                                                        f"holds {c.response!r}"))
-        elif c.outcome in ("fenced_out", "raised", "ledger_down"):
+        elif c.outcome in ("fenced_out", "raised", "late_raise", "ledger_down"):
             if recorded and c.outcome == "fenced_out" and any(v.response == c.response for v in recorded):
                 out.append(Violation("4 fencing", f"{where}: reported fenced out, but its response was stored"))
             elif recorded and c.outcome != "fenced_out":

@@ -14,7 +14,9 @@ What it does:
    Meanwhile, on a seeded schedule, the injector SIGKILLs workers mid-function
    and before they start one (and respawns them), SIGSTOPs workers past their
    lease and SIGCONTs them (zombies: observed uncertain, or fenced out by an
-   operator's reconcile, or completing late), terminates workers' backends
+   operator's reconcile, or completing late; or raising LeaseLost once they
+   notice the lost lease, which must leave the key uncertain), terminates
+   workers' backends
    during heartbeats and during the recording of a result, and restarts
    PostgreSQL with ``pg_ctl restart -m immediate``. An operator reconciles some
    uncertain keys and probes each reconciled key with the stale fence;
@@ -64,7 +66,8 @@ from chaos.cluster import PGBOUNCER_INSTALL, Cluster, PgBouncer  # noqa: E402
 
 WORKER = str(ROOT / "chaos" / "worker.py")
 FINGERPRINT = "chaos-v1"  # the workers' (chaos/worker.py)
-FAULTS = ("kill_running", "kill_before_start", "zombie", "term_heartbeat", "term_completion", "restart")
+FAULTS = ("kill_running", "kill_before_start", "zombie", "late_raise", "term_heartbeat", "term_completion",
+          "restart")
 
 
 @dataclass
@@ -84,9 +87,9 @@ class Profile:
 def full_profile(workers: int, keys: int) -> Profile:
     return Profile(
         workers=workers, keys=keys, direct_s=95.0, bouncer_s=45.0, ttl_ms=1500, hard_ttl_ms=8000,
-        faults_direct={"kill_running": 8, "kill_before_start": 8, "zombie": 6, "term_heartbeat": 8,
+        faults_direct={"kill_running": 8, "kill_before_start": 8, "zombie": 6, "late_raise": 4, "term_heartbeat": 8,
                        "term_completion": 8, "restart": 3},
-        faults_bouncer={"kill_running": 3, "kill_before_start": 3, "zombie": 3, "term_heartbeat": 2,
+        faults_bouncer={"kill_running": 3, "kill_before_start": 3, "zombie": 3, "late_raise": 2, "term_heartbeat": 2,
                         "term_completion": 2, "restart": 2},
         operator_every_s=0.7,
     )
@@ -207,6 +210,15 @@ class WorkerProc:
         except (OSError, ValueError):
             pass
 
+    def send_raise(self, call: str) -> None:
+        """Make call CALL's function raise LeaseLost once it notices its lost lease (chaos/worker.py)."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"raise {call}\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass
+
     def send_stop(self) -> None:
         try:
             assert self.proc.stdin is not None
@@ -253,6 +265,7 @@ class PassInfo:
 class Stats:
     kills: List[Dict[str, Any]] = field(default_factory=list)
     zombies: List[Dict[str, Any]] = field(default_factory=list)
+    late_raises: List[Dict[str, Any]] = field(default_factory=list)
     terms: List[Dict[str, Any]] = field(default_factory=list)
     restarts: List[Dict[str, Any]] = field(default_factory=list)
     missed: List[str] = field(default_factory=list)
@@ -542,6 +555,60 @@ class Harness:
         self.stats.zombies.append(doc)
         return True
 
+    def late_raise(self) -> bool:
+        """Item 1 of the fault review: a function whose lease is lost while it runs, and which then raises.
+
+        The worker is told to raise through ``ctx.check()`` once it notices the
+        loss, then SIGSTOPped until its lease lapses and observed uncertain by
+        another caller, then woken. Its failure comes after the lease was
+        lost: the key must stay uncertain (the error kept as evidence), never
+        be recorded failed and run again.
+        """
+        info = self.current
+        assert info is not None
+        w = self.pick(("running",), 6.0, min_remaining=0.3, path="once")
+        if w is None:
+            return False
+        with self.cv:
+            ph = dict(w.phase)
+        ns, key, fence, call = str(ph["ns"]), str(ph["key"]), int(ph["fence"]), str(ph["call"])
+        with self.cv:
+            self.hold.add((ns, key))
+        w.send_raise(call)
+        os.kill(w.proc.pid, signal.SIGSTOP)
+        t_stop = time.time()
+        doc: Dict[str, Any] = {"worker": w.name, "ns": ns, "key": key, "fence": fence, "call": call,
+                               "pass": info.name}
+        try:
+            deadline = time.monotonic() + self.p.ttl_ms / 1000.0 + 20
+            while not self.lapsed(ns, key, fence):
+                if time.monotonic() > deadline:
+                    self.violations.append(checker.Violation(
+                        "5 liveness", f"late_raise {w.name} {ns}/{key}: lease of fence {fence} did not lapse"))
+                    break
+                time.sleep(0.02)  # polling the database clock
+            doc["observed"] = self.harness_once(self.client_for(ns), "injector", key)["outcome"]
+        finally:
+            os.kill(w.proc.pid, signal.SIGCONT)
+            t_cont = time.time()
+            with self.cv:
+                self.stopped.setdefault(w.name, []).append((t_stop, t_cont))
+        ended = self.wait_for(lambda: w.calls.get(call) or w.eof, self.p.hard_ttl_ms / 1000.0 + self.p.margin_s)
+        late = w.calls.get(call)
+        doc["late_outcome"] = late.get("outcome") if late else None
+        if ended and late is not None and late.get("outcome") == "late_raise":
+            rows = self.admin().q("select state, fence, error is not null from sentinel.executions"
+                                  " where namespace = %s and key = %s", (ns, key))
+            doc["after"] = list(rows[0]) if rows else None
+            if rows and rows[0][1] == fence and (rows[0][0] != "uncertain" or not rows[0][2]):
+                self.violations.append(checker.Violation(
+                    "1 at most once", f"{ns}/{key}: fence {fence} raised after its lease was lost, and the key "
+                                      f"is now {rows[0][0]} (evidence kept: {rows[0][2]}), not uncertain"))
+        with self.cv:
+            self.hold.discard((ns, key))
+        self.stats.late_raises.append(doc)
+        return doc["late_outcome"] == "late_raise"
+
     def terminate(self, where: str, params: Sequence[Any]) -> List[int]:
         rows = self.admin().q(
             "select pid, pg_terminate_backend(pid, 5000) from pg_stat_activity"
@@ -611,6 +678,8 @@ class Harness:
                 ok = self.kill(kind)
             elif kind == "zombie":
                 ok = self.zombie()
+            elif kind == "late_raise":
+                ok = self.late_raise()
             elif kind == "term_heartbeat":
                 ok = self.term_heartbeat()
             elif kind == "term_completion":
@@ -933,6 +1002,10 @@ def summarize(h: Harness, passes: List[PassInfo], violations: List[checker.Viola
         "replays": by_outcome.get("replayed", 0),
         "kills": {"mid_function": kills_mid, "before_start": kills_before, "of_which_claimed": kills_claimed,
                   "of_which_acquiring": kills_acquiring, "respawned": len(h.stats.kills)},
+        "late_raises": {"total": len(h.stats.late_raises),
+                        "kept_uncertain": sum(1 for d in h.stats.late_raises
+                                              if d.get("after") and d["after"][0] == "uncertain"),
+                        "observed": [d.get("observed") for d in h.stats.late_raises]},
         "zombies": {"total": len(h.stats.zombies), "completed_late": z_late, "fenced_out": z_fenced,
                     "late_outcomes": [z.get("late_outcome") for z in h.stats.zombies],
                     "modes": [z.get("mode") for z in h.stats.zombies]},
@@ -977,6 +1050,9 @@ def print_summary(s: Dict[str, Any], violations: List[checker.Violation], replay
         f"  kills                   {k['mid_function']} mid-function, {k['before_start']} before the start "
         f"({k['of_which_claimed']} holding an unbegun claim, {k['of_which_acquiring']} acquiring); "
         f"{k['respawned']} workers respawned",
+        f"  late raises             {s['late_raises']['total']} functions raised after their lease was lost "
+        f"({s['late_raises']['kept_uncertain']} keys kept uncertain with the error as evidence; callers saw "
+        f"{s['late_raises']['observed']})\n"
         f"  zombies                 {z['total']} SIGSTOPped past their lease ({z['completed_late']} completed late "
         f"with a current fence, {z['fenced_out']} fenced out; modes {z['modes']}, late calls ended "
         f"{z['late_outcomes']})",

@@ -24,6 +24,8 @@ stdout (each line ``TAG JSON``):
     clean exit after ``stop``.
 
 stdin: ``ok SEQ`` (the harness acknowledges ``completing`` number SEQ),
+``raise CALL`` (call CALL's function raises ``LeaseLost`` through
+``ctx.check()`` once it notices its lease is lost, instead of returning),
 ``stop`` (finish the current call and exit).
 
 The function records its start in the ledger (a separate database, on its own
@@ -133,6 +135,7 @@ class Control:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.acks: queue.Queue[int] = queue.Queue()
+        self.raise_calls: set[str] = set()  # calls whose function raises once it notices its lost lease
         threading.Thread(target=self._read, name="control", daemon=True).start()
 
     def _read(self) -> None:
@@ -144,6 +147,8 @@ class Control:
                 self.stop.set()
             elif word[0] == "ok" and len(word) == 2:
                 self.acks.put(int(word[1]))
+            elif word[0] == "raise" and len(word) == 2:
+                self.raise_calls.add(word[1])
         self.stop.set()  # the harness went away
 
     def wait_ack(self, seq: int, timeout: float) -> bool:
@@ -244,6 +249,12 @@ class Worker:
             raise LedgerDown(f"ledger unreachable before the start: fence={fence} worker={self.name} call={call}")
         self.phase("running", call=call, ns=ns, key=key, fence=fence, dur=round(dur, 3), path="once")
         time.sleep(dur)  # the function's work
+        if call in self.control.raise_calls and ctx.wait_lost(self.ttl / 1000.0 + 5.0):
+            # The pattern the README recommends for long work: check the lease and stop. The function may
+            # have had effects, so the database must keep the key uncertain (a late failure).
+            self.ledger.finish(call, ns, key, fence, self.name, "raised")
+            say("event", {"kind": "late_raise", "call": call})
+            ctx.check()
         if fail:
             self.ledger.finish(call, ns, key, fence, self.name, "raised")
             raise FnError(f"planned failure: fence={fence} worker={self.name} call={call}")
@@ -262,6 +273,8 @@ class Worker:
                                       fingerprint=FINGERPRINT)
         except FnError as exc:
             doc = {"outcome": "raised", "error": str(exc), "fence": self.cur_fence}
+        except sentinel.LeaseLost as exc:
+            doc = {"outcome": "late_raise", "error": str(exc), "fence": self.cur_fence}
         except LedgerDown as exc:
             doc = {"outcome": "ledger_down", "error": str(exc), "fence": self.cur_fence}
         except FencedOut as exc:
