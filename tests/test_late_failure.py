@@ -39,8 +39,7 @@ def _late_failure_fn(observer: sentinel.Sentinel, key: str, chunks: List[int], s
     return fn
 
 
-def _assert_still_uncertain(observer: sentinel.Sentinel, conn: psycopg.Connection[Any], namespace: str,
-                            key: str, chunks: List[int], seen: Dict[str, Any]) -> None:
+def _assert_still_uncertain(observer: sentinel.Sentinel, key: str, chunks: List[int], seen: Dict[str, Any]) -> None:
     assert seen["lost"], "the lease was never reported lost"
     assert seen["observer"].uncertain, f"the other caller was not told uncertain: {seen['observer']!r}"
     again = observer.once(key, lambda: chunks.append(2))
@@ -64,7 +63,7 @@ def test_late_failure_keeps_key_uncertain(dsn: str, namespace: str, conn: psycop
         fn = _late_failure_fn(observer, key, chunks, seen)
         with pytest.raises(sentinel.LeaseLost):
             worker.once(key, fn, ttl_ms=150, hard_ttl_ms=450, pass_context=True)
-        _assert_still_uncertain(observer, conn, namespace, key, chunks, seen)
+        _assert_still_uncertain(observer, key, chunks, seen)
 
 
 def test_async_late_failure_keeps_key_uncertain(dsn: str, namespace: str, conn: psycopg.Connection[Any]) -> None:
@@ -81,7 +80,7 @@ def test_async_late_failure_keeps_key_uncertain(dsn: str, namespace: str, conn: 
 
     asyncio.run(main())
     with sentinel.Sentinel(conninfo=dsn, namespace=namespace, fingerprints=False) as observer:
-        _assert_still_uncertain(observer, conn, namespace, key, chunks, seen)
+        _assert_still_uncertain(observer, key, chunks, seen)
 
 
 def test_failure_with_valid_lease_is_retryable(dsn: str, namespace: str, conn: psycopg.Connection[Any]) -> None:
