@@ -64,7 +64,7 @@ from ._client import (
     _not_started_document,
     unwrap,
 )
-from ._conn import _BEGIN_RC, _EXPLICIT, is_connection_loss, protocol_errors, tcp_options, wrap_exceptions
+from ._conn import _BEGIN_RC, is_connection_loss, protocol_errors, tcp_options, wrap_exceptions
 from ._events import DidNotHappen, Happened, Observer, ProbeAnswer, UncertainKey, Unknown, probe_name
 from ._fork import track as track_fork
 from ._heartbeat import HEARTBEAT_SQL, Lease
@@ -345,18 +345,9 @@ async def _fetchone(conn: psycopg.AsyncConnection[Any], query: Any, params: Any 
     return None if row is None else tuple(row)
 
 
-async def _protocol_row(conn: psycopg.AsyncConnection[Any], query: Any,
-                        params: Any = None) -> Optional[Tuple[Any, ...]]:
+async def _protocol_row(conn: psycopg.AsyncConnection[Any], query: Any, params: Any = None, *,
+                        explicit: bool = False) -> Optional[Tuple[Any, ...]]:
     """``_conn.protocol_row`` for an AsyncConnection: one autocommit protocol statement, at read committed."""
-    explicit = _EXPLICIT.get(conn)
-    if explicit is None:
-        row = await _fetchone(conn, "show transaction_isolation")
-        level = str(row[0]) if row is not None else "read committed"
-        explicit = level != "read committed"
-        _EXPLICIT[conn] = explicit
-        if explicit:
-            logger.info("sentinel: this session's default isolation is %s; protocol calls run in explicit "
-                        "read committed transactions", level)
     if not explicit:
         return await _fetchone(conn, query, params)
     try:
@@ -380,7 +371,7 @@ async def _check_compatible(conn: psycopg.AsyncConnection[Any]) -> SchemaStatus:
         row = await _fetchone(
             conn,
             "select to_regprocedure('sentinel.schema_version()') is not null,"
-            " to_regprocedure('sentinel.api_versions()') is not null",
+            " to_regprocedure('sentinel.api_versions()') is not null, current_setting('transaction_isolation')",
         )
         version: Optional[int] = None
         apis: List[int] = []
@@ -393,7 +384,8 @@ async def _check_compatible(conn: psycopg.AsyncConnection[Any]) -> SchemaStatus:
             else:
                 apis = [1]  # schema version 1 predates api_versions() and provides _v1
     st = SchemaStatus(schema_version=version, required_version=required_version(),
-                      latest_version=mine[-1].id if mine else 0, api_versions=apis)
+                      latest_version=mine[-1].id if mine else 0, api_versions=apis,
+                      isolation=str(row[2]) if row else "read committed")
     problems = st.problems()
     if problems:
         raise SchemaError("; ".join(problems))
@@ -439,9 +431,11 @@ class _Heartbeater:
     unreachable. It decides nothing itself: the database does.
     """
 
-    def __init__(self, source: _AsyncSource, on_lost: Callable[[_AsyncLease], None]) -> None:
+    def __init__(self, source: _AsyncSource, on_lost: Callable[[_AsyncLease], None],
+                 explicit: Callable[[], bool] = lambda: False) -> None:
         self._source = source
         self._on_lost = on_lost
+        self._explicit = explicit  # protocol calls in explicit read committed transactions (see _conn)
         self._heap: List[Tuple[float, int]] = []
         self._leases: Dict[int, _AsyncLease] = {}
         self._ids = itertools.count(1)
@@ -548,7 +542,8 @@ class _Heartbeater:
                             self._unreachable(lease)
                             continue
                     try:
-                        row = await _protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence))
+                        row = await _protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence),
+                                                  explicit=self._explicit())
                     except Exception as exc:
                         locked = getattr(exc, "sqlstate", None) in ("55P03", "40001", "40P01")
                         if not locked or conn.broken or conn.closed:
@@ -785,7 +780,7 @@ class AsyncSentinel:
             source = _PrivatePoolSource(conninfo, max_size=pool_size, timeout=connect_timeout,
                                         prepared_statements=prepared_statements)
         self._source = source
-        self._heartbeat = _Heartbeater(source, on_lost=self._lease_lost)
+        self._heartbeat = _Heartbeater(source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc)
         self._listener: Optional[_Listener] = None
         self._tasks: Set[asyncio.Future[Any]] = set()
         self._schema_ok = not check_schema
@@ -795,7 +790,7 @@ class AsyncSentinel:
     def _after_fork(self) -> None:
         """In a forked child: drop the parent's pool, leases, listener and background tasks (see ``_fork``)."""
         self._source.after_fork()
-        self._heartbeat = _Heartbeater(self._source, on_lost=self._lease_lost)
+        self._heartbeat = _Heartbeater(self._source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc)
         self._listener = None
         self._tasks = set()
 
@@ -851,10 +846,21 @@ class AsyncSentinel:
         self._emit("lease_lost", lease.namespace, lease.key, lease.fence, reason=lease.lost_reason)
 
     async def _check_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if self._schema_ok:
+        """On first use, refuse a schema this client cannot work with, and learn the sessions' isolation."""
+        if self._schema_ok and self._core._isolation_known:
             return
-        await _check_compatible(conn)
-        self._schema_ok = True
+        if not self._schema_ok:
+            level = (await _check_compatible(conn)).isolation
+            self._schema_ok = True
+        else:  # check_schema=False: one question, once
+            with wrap_exceptions():
+                row = await _fetchone(conn, "show transaction_isolation")
+            level = str(row[0]) if row else "read committed"
+        self._core._isolation_seen(level)
+
+    @property
+    def _explicit_rc(self) -> bool:
+        return self._core._explicit_rc
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         """Hold a background task until it ends (and retrieve its exception, so none goes unnoticed)."""
@@ -1009,7 +1015,8 @@ class AsyncSentinel:
         try:
             async with self._source.connection() as conn:
                 with wrap_exceptions():
-                    row = await _protocol_row(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, ms))
+                    row = await _protocol_row(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, ms),
+                                              explicit=self._explicit_rc)
             return int(row[0]) if row else None
         except SentinelError as exc:
             logger.debug("sentinel: watch_v1 failed (%s); polling instead", exc)
@@ -1019,7 +1026,7 @@ class AsyncSentinel:
         try:
             async with self._source.connection() as conn:
                 with wrap_exceptions():
-                    await _protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,))
+                    await _protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,), explicit=self._explicit_rc)
         except SentinelError as exc:  # the watcher expires by itself
             logger.debug("sentinel: unwatch failed: %s", exc)
 
@@ -1074,7 +1081,8 @@ class AsyncSentinel:
                     retry.asking()
                     with _naming(ns, key), wrap_exceptions():
                         row = await _protocol_row(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
-                                                                   call.fingerprint, retry.token))
+                                                                   call.fingerprint, retry.token),
+                                                  explicit=self._explicit_rc)
                     retry.answered()
                     assert row is not None
                     outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
@@ -1287,10 +1295,10 @@ class AsyncSentinel:
             try:
                 if current is not None and not current.closed and not current.broken:
                     with wrap_exceptions():
-                        return await _protocol_row(current, query, params)
+                        return await _protocol_row(current, query, params, explicit=self._explicit_rc)
                 async with self._source.connection() as fresh:
                     with wrap_exceptions():
-                        return await _protocol_row(fresh, query, params)
+                        return await _protocol_row(fresh, query, params, explicit=self._explicit_rc)
             except (DatabaseUnavailable, KeyLocked, SerializationConflict) as exc:
                 if isinstance(exc, DatabaseUnavailable):
                     current = None  # a lock timeout or a conflict leaves the connection usable

@@ -529,7 +529,9 @@ class Sentinel:
         self._source = source
         self._observers: List[Observer] = list(observers)
         self._on_uncertain = on_uncertain
-        self._heartbeat = Heartbeater(source, on_lost=self._lease_lost)
+        self._isolation_known = False
+        self._explicit_rc = False  # the sessions default to another isolation than read committed
+        self._heartbeat = Heartbeater(source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc)
         self._owner_pid = -1
         self._owner = ""
         self._lock = threading.Lock()
@@ -582,7 +584,7 @@ class Sentinel:
         self._lock = threading.Lock()
         self._source.after_fork()
         # The parent's leases are the parent's to renew; its threads are not here.
-        self._heartbeat = Heartbeater(self._source, on_lost=self._lease_lost)
+        self._heartbeat = Heartbeater(self._source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc)
         self._listener_obj = None
         if self._cache is not None:
             self._cache.after_fork()
@@ -628,11 +630,26 @@ class Sentinel:
         return text, self._loads(decode_like_jsonb(text))
 
     def _check_schema(self, conn: psycopg.Connection[Any]) -> None:
-        """On first use, refuse a schema this client cannot work with."""
-        if self._schema_ok:
+        """On first use, refuse a schema this client cannot work with, and learn the sessions' isolation."""
+        if self._schema_ok and self._isolation_known:
             return
-        check_compatible(conn)
-        self._schema_ok = True
+        if not self._schema_ok:
+            level = check_compatible(conn).isolation
+            self._schema_ok = True
+        else:  # check_schema=False: one question, once
+            with wrap_exceptions():
+                row = conn.execute("show transaction_isolation").fetchone()
+            level = str(row[0]) if row else "read committed"
+        self._isolation_seen(level)
+
+    def _isolation_seen(self, level: str) -> None:
+        """Run protocol calls in explicit read committed transactions when the sessions default to another level."""
+        self._isolation_known = True
+        self._explicit_rc = level != "read committed"
+        if self._explicit_rc:
+            logger.info("sentinel: the sessions' default isolation is %s; protocol calls run in explicit read "
+                        "committed transactions (alter the role's default_transaction_isolation to read committed "
+                        "to save that)", level)
 
     # -- once --------------------------------------------------------------
 
@@ -794,7 +811,7 @@ class Sentinel:
             if watch_id is not None:
                 try:
                     with self._source.connection() as conn, wrap_exceptions():
-                        protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,))
+                        protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,), explicit=self._explicit_rc)
                 except SentinelError as exc:  # the watcher expires by itself
                     logger.debug("sentinel: unwatch failed: %s", exc)
 
@@ -802,7 +819,8 @@ class Sentinel:
         """Ask the database to NOTIFY this key's outcome (it notifies only watched keys)."""
         try:
             with self._source.connection() as conn, wrap_exceptions():
-                row = protocol_row(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, wait_ms))
+                row = protocol_row(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, wait_ms),
+                                   explicit=self._explicit_rc)
                 return int(row[0]) if row else None
         except (DatabaseUnavailable, SerializationConflict) as exc:
             logger.debug("sentinel: watch_v1 failed (%s); polling instead", exc)
@@ -855,7 +873,8 @@ class Sentinel:
                     retry.asking()
                     with _naming(ns, key), wrap_exceptions():
                         row = protocol_row(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
-                                                                call.fingerprint, retry.token))
+                                                                call.fingerprint, retry.token),
+                                           explicit=self._explicit_rc)
                     retry.answered()
                     assert row is not None
                     outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
@@ -1031,10 +1050,10 @@ class Sentinel:
             try:
                 if current is not None and not current.closed and not current.broken:
                     with wrap_exceptions():
-                        row = protocol_row(current, sql, params)
+                        row = protocol_row(current, sql, params, explicit=self._explicit_rc)
                 else:
                     with self._source.connection() as fresh, wrap_exceptions():
-                        row = protocol_row(fresh, sql, params)
+                        row = protocol_row(fresh, sql, params, explicit=self._explicit_rc)
                 return tuple(row) if row is not None else None
             except (DatabaseUnavailable, KeyLocked, SerializationConflict) as exc:
                 if isinstance(exc, DatabaseUnavailable):
@@ -1141,7 +1160,8 @@ class Sentinel:
         total = 0
         with self._source.connection() as conn, wrap_exceptions():
             while True:
-                row = protocol_row(conn, "select sentinel.purge_events_v1(%s, %s)", (older_than_ms, batch_size))
+                row = protocol_row(conn, "select sentinel.purge_events_v1(%s, %s)", (older_than_ms, batch_size),
+                                   explicit=self._explicit_rc)
                 n = int(row[0]) if row else 0
                 total += n
                 if n < batch_size:

@@ -8,7 +8,6 @@ import os
 import re
 import select
 import threading
-import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import psycopg
@@ -141,38 +140,24 @@ def wrap_exceptions() -> Iterator[None]:
         raise
 
 
-# Whether a connection's session runs at another isolation than read committed
-# (the role's or database's default_transaction_isolation), asked once per
-# connection. The protocol needs read committed: a claim racing another under
-# repeatable read or serializable is aborted by the server (40001), and under
-# serializable even a heartbeat racing readers is.
-_EXPLICIT: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+# The protocol needs read committed: a claim racing another under repeatable
+# read or serializable is aborted by the server (40001), and under serializable
+# even a heartbeat racing readers is. A client learns its sessions' isolation
+# (the role's or database's default_transaction_isolation) with its schema
+# check, in the same round trip, and passes ``explicit`` when it is another.
 _BEGIN_RC = "begin isolation level read committed"
 
 
-def _needs_explicit(conn: psycopg.Connection[Any]) -> bool:
-    known = _EXPLICIT.get(conn)
-    if known is None:
-        row = conn.execute("show transaction_isolation").fetchone()
-        level = str(row[0]) if row is not None else "read committed"
-        known = level != "read committed"
-        _EXPLICIT[conn] = known
-        if known:
-            logger.info("sentinel: this session's default isolation is %s; protocol calls run in explicit "
-                        "read committed transactions (set the role's default_transaction_isolation to read "
-                        "committed to save that)", level)
-    return known
-
-
-def protocol_row(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> Optional[Tuple[Any, ...]]:
+def protocol_row(conn: psycopg.Connection[Any], query: Any, params: Any = None, *,
+                 explicit: bool = False) -> Optional[Tuple[Any, ...]]:
     """Run one protocol statement of an autocommit connection at read committed; its first row.
 
     On a session whose default is read committed (the usual case) it is the
-    statement alone, one round trip. Otherwise it is wrapped in ``begin
-    isolation level read committed`` ... ``commit``, pipelined in one round
-    trip where libpq supports it. psycopg errors pass as they are.
+    statement alone, one round trip. With ``explicit`` it is wrapped in
+    ``begin isolation level read committed`` ... ``commit``, pipelined in one
+    round trip where libpq supports it. psycopg errors pass as they are.
     """
-    if not _needs_explicit(conn):
+    if not explicit:
         row = conn.execute(query, params).fetchone()
         return None if row is None else tuple(row)
     try:

@@ -91,9 +91,11 @@ class Heartbeater:
     decides anything itself: the database does.
     """
 
-    def __init__(self, source: Source, on_lost: Optional[Callable[[Lease], None]] = None) -> None:
+    def __init__(self, source: Source, on_lost: Optional[Callable[[Lease], None]] = None,
+                 explicit: Callable[[], bool] = lambda: False) -> None:
         self._source = source
         self._on_lost = on_lost
+        self._explicit = explicit  # protocol calls in explicit read committed transactions (see _conn)
         self._cond = threading.Condition()
         self._heap: List[Tuple[float, int]] = []
         self._leases: Dict[int, Lease] = {}
@@ -210,7 +212,8 @@ class Heartbeater:
                             self._unreachable(lease)
                             continue
                     try:
-                        row = protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence))
+                        row = protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence),
+                                           explicit=self._explicit())
                     except Exception as exc:
                         # A lock timeout (another session holds this row) or a conflict (a
                         # repeatable-read session) leaves the connection usable.

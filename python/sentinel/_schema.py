@@ -120,6 +120,8 @@ class SchemaStatus:
     pending: List[Migration] = field(default_factory=list)
     drifted: List[str] = field(default_factory=list)
     unknown: List[str] = field(default_factory=list)
+    #: the session's transaction isolation as the check saw it (the role's or database's default)
+    isolation: str = "read committed"
 
     @property
     def installed(self) -> bool:
@@ -180,12 +182,19 @@ class SchemaStatus:
 
 
 def _version_row(conn: psycopg.Connection[Any]) -> tuple[Optional[int], List[int]]:
+    version, apis, _ = _version_isolation(conn)
+    return version, apis
+
+
+def _version_isolation(conn: psycopg.Connection[Any]) -> tuple[Optional[int], List[int], str]:
+    """Schema version, protocol versions and the session's isolation, from the same round trips."""
     row = conn.execute(
         "select to_regprocedure('sentinel.schema_version()') is not null,"
-        " to_regprocedure('sentinel.api_versions()') is not null"
+        " to_regprocedure('sentinel.api_versions()') is not null, current_setting('transaction_isolation')"
     ).fetchone()
+    isolation = str(row[2]) if row else "read committed"
     if not row or not row[0]:
-        return None, []
+        return None, [], isolation
     version_row = conn.execute("select sentinel.schema_version()").fetchone()
     version = int(version_row[0]) if version_row else None
     if row[1]:
@@ -193,7 +202,7 @@ def _version_row(conn: psycopg.Connection[Any]) -> tuple[Optional[int], List[int
         apis = sorted(int(v) for v in (api_row[0] if api_row else []))
     else:
         apis = [1]  # schema version 1 predates api_versions() and provides _v1
-    return version, apis
+    return version, apis, isolation
 
 
 def status(conn: psycopg.Connection[Any]) -> SchemaStatus:
@@ -234,9 +243,9 @@ def check_compatible(conn: psycopg.Connection[Any]) -> SchemaStatus:
     """
     mine = migrations()
     with wrap_exceptions():
-        version, apis = _version_row(conn)
+        version, apis, isolation = _version_isolation(conn)
     st = SchemaStatus(schema_version=version, required_version=required_version(),
-                      latest_version=mine[-1].id if mine else 0, api_versions=apis)
+                      latest_version=mine[-1].id if mine else 0, api_versions=apis, isolation=isolation)
     problems = st.problems()
     if problems:
         raise SchemaError("; ".join(problems))
