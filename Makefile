@@ -68,7 +68,10 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy
 
-check: lint typecheck
+docs: venv
+	$(PY) tools/check_docs.py
+
+check: lint typecheck docs
 
 pgtap-deps:
 	apt-get update -qq

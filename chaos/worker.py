@@ -250,7 +250,7 @@ class Worker:
         self.phase("running", call=call, ns=ns, key=key, fence=fence, dur=round(dur, 3), path="once")
         time.sleep(dur)  # the function's work
         if call in self.control.raise_calls and ctx.wait_lost(self.ttl / 1000.0 + 5.0):
-            # The pattern the README recommends for long work: check the lease and stop. The function may
+            # The pattern the user guide recommends for long work: check the lease and stop. The function may
             # have had effects, so the database must keep the key uncertain (a late failure).
             self.ledger.finish(call, ns, key, fence, self.name, "raised")
             say("event", {"kind": "late_raise", "call": call})

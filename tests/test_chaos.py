@@ -279,7 +279,7 @@ def test_client_recovers_after_a_database_restart(own_cluster: Tuple[Cluster, st
     """After PostgreSQL restarts (a crash, a failover), the next once() works once the database is back.
 
     ``Sentinel(conninfo=...)`` keeps a private pool; its idle connections die with
-    the server. The README says DatabaseUnavailable means "the database is down
+    the server. The docs say DatabaseUnavailable means "the database is down
     when once() starts"; here it is up again, so a call must not fail on a
     connection the pool could have checked (psycopg_pool's ``check=``) or
     replaced before sending the claim.

@@ -479,7 +479,7 @@ def _same(a: Any, b: Any) -> bool:
 def test_replay_equals_the_fresh_response(client: sentinel.Sentinel, value: Any) -> None:
     """Invariant 2 through the driver: the fresh caller and every later caller get the same response.
 
-    The README promises "the fresh caller receives the same decoded JSON that
+    The user guide promises "the fresh caller receives the same decoded JSON that
     later callers get replayed ... so the two never differ".
     """
     key = f"replay-{next(_counter)}"

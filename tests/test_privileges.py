@@ -84,5 +84,5 @@ def test_grant_unknown_role_is_a_clear_error(conn: psycopg.Connection[Any]) -> N
     assert sentinel.errors.from_sqlstate("SN012") is sentinel.UnknownRole
 
 
-def test_readme_shows_the_grant_function() -> None:
-    assert "select sentinel.grant_v1('app');" in (ROOT / "README.md").read_text()
+def test_the_operations_guide_shows_the_grant_function() -> None:
+    assert "select sentinel.grant_v1('app');" in (ROOT / "docs" / "operations.md").read_text()
