@@ -443,7 +443,7 @@ def check_calls(facts: Facts, limits: Limits) -> List[Violation]:
             permanent[(v.namespace, v.key, v.fence)] = v.error
     bound = limits.hard_ttl_ms / 1000.0 + limits.margin_s
     clear = {"fresh", "replayed", "alive", "uncertain", "failed_replay", "raised", "late_raise", "fenced_out",
-             "unpersisted", "error", "ledger_down", "begin_refused"}
+             "unpersisted", "error", "ledger_down", "begin_refused", "cancelled"}
     for c in facts.calls:
         where = f"call {c.call} ({c.ns}/{c.key}, {c.outcome}, fence {c.fence})"
         recorded = [v for v in completed.get((c.ns, c.key), []) if v.fence == c.fence]

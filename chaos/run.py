@@ -51,6 +51,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -65,9 +66,12 @@ from chaos import checker  # noqa: E402
 from chaos.cluster import PGBOUNCER_INSTALL, Cluster, PgBouncer  # noqa: E402
 
 WORKER = str(ROOT / "chaos" / "worker.py")
+ACTOR = str(ROOT / "chaos" / "actor.py")
 FINGERPRINT = "chaos-v1"  # the workers' (chaos/worker.py)
 FAULTS = ("kill_running", "kill_before_start", "zombie", "late_raise", "term_heartbeat", "term_completion",
-          "restart")
+          "restart", "async_cancel", "fork", "hang_heartbeat", "drop_reply")
+#: the faults a scripted actor (chaos/actor.py) plays, one scenario each
+ACTED = ("async_cancel", "fork", "hang_heartbeat", "drop_reply")
 
 
 @dataclass
@@ -88,9 +92,10 @@ def full_profile(workers: int, keys: int) -> Profile:
     return Profile(
         workers=workers, keys=keys, direct_s=95.0, bouncer_s=45.0, ttl_ms=1500, hard_ttl_ms=8000,
         faults_direct={"kill_running": 8, "kill_before_start": 8, "zombie": 6, "late_raise": 4, "term_heartbeat": 8,
-                       "term_completion": 8, "restart": 3},
+                       "term_completion": 8, "restart": 3, "async_cancel": 3, "fork": 2, "hang_heartbeat": 2,
+                       "drop_reply": 3},
         faults_bouncer={"kill_running": 3, "kill_before_start": 3, "zombie": 3, "late_raise": 2, "term_heartbeat": 2,
-                        "term_completion": 2, "restart": 2},
+                        "term_completion": 2, "restart": 2, "async_cancel": 1, "drop_reply": 2},
         operator_every_s=0.7,
     )
 
@@ -99,7 +104,7 @@ def short_profile(workers: int, keys: int) -> Profile:
     return Profile(
         workers=workers, keys=keys, direct_s=10.0, bouncer_s=5.0, ttl_ms=1000, hard_ttl_ms=5000,
         faults_direct={**{k: 1 for k in FAULTS}, "zombie": 2},
-        faults_bouncer={"kill_running": 1, "zombie": 1, "restart": 1},
+        faults_bouncer={"kill_running": 1, "zombie": 1, "restart": 1, "drop_reply": 1},
         operator_every_s=0.4,
     )
 
@@ -143,13 +148,17 @@ class Admin:
 class WorkerProc:
     """One worker process and the thread that reads its lines."""
 
-    def __init__(self, h: Harness, pass_name: str, wid: str, gen: int, cfg: Dict[str, Any]) -> None:
+    def __init__(self, h: Harness, pass_name: str, wid: str, gen: int, cfg: Dict[str, Any],
+                 script: str = WORKER) -> None:
         self.h = h
         self.wid = wid
         self.gen = gen
         self.name = f"{wid}.{gen}"
         self.app = f"chaos-{pass_name}-{wid}-g{gen}"
         self.phase: Dict[str, Any] = {"p": "starting"}
+        self.phases: List[Dict[str, Any]] = []  # every phase line, in order (an actor's)
+        self.keep_phases = script != WORKER
+        self.keys: List[Tuple[str, str]] = []  # an actor's keys
         self.phase_at = time.monotonic()
         self.ready = False
         self.bye = False
@@ -162,7 +171,7 @@ class WorkerProc:
         self.errpath = h.workdir / "logs" / f"{pass_name}-{self.name}.err"
         self.errfile: IO[str] = open(self.errpath, "w", encoding="utf-8")  # noqa: SIM115 - closed in reap()
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", WORKER, json.dumps(cfg)],
+            [sys.executable, "-u", script, json.dumps(cfg)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errfile, text=True, bufsize=1,
         )
         self.pump = threading.Thread(target=self._pump, name=f"pump-{self.name}", daemon=True)
@@ -180,6 +189,8 @@ class WorkerProc:
             with self.h.cv:
                 if tag == "phase":
                     self.phase = doc
+                    if self.keep_phases:
+                        self.phases.append(doc)
                     at = doc.get("at")
                     self.phase_at = float(at) if isinstance(at, (int, float)) else time.monotonic()
                     if doc.get("p") == "completing":
@@ -221,12 +232,22 @@ class WorkerProc:
             pass
 
     def send_stop(self) -> None:
+        self.send("stop")
+
+    def send(self, word: str) -> None:
         try:
             assert self.proc.stdin is not None
-            self.proc.stdin.write("stop\n")
+            self.proc.stdin.write(word + "\n")
             self.proc.stdin.flush()
         except (OSError, ValueError):
             pass
+
+    def seen(self, p: str, **match: Any) -> Optional[Dict[str, Any]]:
+        """The first phase line ``p`` (with the fields in ``match``) seen so far, or None."""
+        for doc in self.phases:
+            if doc.get("p") == p and all(doc.get(k) == v for k, v in match.items()):
+                return doc
+        return None
 
     def remaining(self) -> float:
         """Seconds left of the planned duration of the current phase."""
@@ -267,6 +288,7 @@ class Stats:
     kills: List[Dict[str, Any]] = field(default_factory=list)
     zombies: List[Dict[str, Any]] = field(default_factory=list)
     late_raises: List[Dict[str, Any]] = field(default_factory=list)
+    acted: List[Dict[str, Any]] = field(default_factory=list)
     terms: List[Dict[str, Any]] = field(default_factory=list)
     restarts: List[Dict[str, Any]] = field(default_factory=list)
     missed: List[str] = field(default_factory=list)
@@ -617,6 +639,223 @@ class Harness:
         self.stats.late_raises.append(doc)
         return doc["late_outcome"] == "late_raise"
 
+    # -- scripted actors (chaos/actor.py) ---------------------------------------------------
+
+    def actor(self, scenario: str, nkeys: int, hard_ttl_ms: Optional[int] = None, **extra: Any) -> WorkerProc:
+        info = self.current
+        assert info is not None
+        with self.cv:
+            self.seq += 1
+            n = self.seq
+        wid = f"{scenario}{n}"
+        ns = info.namespaces[0]
+        keys = [f"x-{scenario}-{n}-{i}" for i in range(nkeys)]
+        cfg = {"scenario": scenario, "name": f"{info.name}.{wid}", "ns": ns, "keys": keys,
+               "dsn": info.dsn_for(f"chaos-{info.name}-{wid}"), "ledger_dsn": self.ledger_dsn(f"chaos-{wid}-ledger"),
+               "ttl_ms": self.p.ttl_ms, "hard_ttl_ms": hard_ttl_ms or self.p.hard_ttl_ms, **extra}
+        w = WorkerProc(self, info.name, wid, 1, cfg, script=ACTOR)
+        w.keys = [(ns, k) for k in keys]
+        with self.cv:
+            self.all_workers.append(w)
+            self.hold.update(w.keys)
+        return w
+
+    def end_actor(self, w: WorkerProc, doc: Dict[str, Any]) -> None:
+        """Let the actor finish (or kill it), release its keys, keep the record."""
+        try:
+            w.reap(timeout=self.p.hard_ttl_ms / 1000.0 + self.p.margin_s)
+        except subprocess.TimeoutExpired:
+            self.violations.append(checker.Violation(
+                "5 liveness", f"actor {w.name} ({doc['kind']}) did not end in time (phases {w.phases[-3:]}); killed"))
+            w.killed = True
+            w.proc.kill()
+            w.reap(timeout=15)
+        if w.proc.returncode not in (0, -signal.SIGKILL):
+            self.violations.append(checker.Violation(
+                "harness", f"actor {w.name} ({doc['kind']}) exited {w.proc.returncode}:\n{w.stderr_tail()}"))
+        w.killed = w.killed or w.proc.returncode != 0  # reported here, not as a worker that exited on its own
+        with self.cv:
+            self.hold.difference_update(w.keys)
+        self.stats.acted.append(doc)
+
+    def violated(self, invariant: str, doc: Dict[str, Any], what: str) -> None:
+        doc.setdefault("violations", []).append(invariant)
+        self.violations.append(checker.Violation(invariant, f"{doc['kind']}: {what}"))
+
+    def row(self, ns: str, key: str) -> Optional[Tuple[Any, ...]]:
+        rows = self.admin().q("select state, fence, lease_expires_at, response, error is not null, clock_timestamp()"
+                              " from sentinel.executions where namespace = %s and key = %s", (ns, key))
+        return rows[0] if rows else None
+
+    def wait_lapsed(self, ns: str, key: str, fence: int, budget: float) -> bool:
+        deadline = time.monotonic() + budget
+        while not self.lapsed(ns, key, fence):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)  # polling the database clock
+        return True
+
+    def act(self, kind: str) -> bool:
+        """One scripted scenario of ``chaos/actor.py``; False when it could not be set up (retried later)."""
+        play: Callable[[Dict[str, Any]], bool] = getattr(self, f"act_{kind}")
+        doc: Dict[str, Any] = {"kind": kind, "pass": self.current.name if self.current else ""}
+        t0 = time.monotonic()
+        try:
+            return play(doc)
+        finally:
+            doc["took_s"] = round(time.monotonic() - t0, 1)
+
+    def act_async_cancel(self, doc: Dict[str, Any]) -> bool:
+        """Item 2: a cancelled (or timed-out) caller of a sync function; its thread keeps the lease to the end."""
+        doc["mode"] = mode = self.rng.choice(["cancel", "wait_for"])
+        w = self.actor("async_cancel", 1, mode=mode)
+        try:
+            ph = self.wait_for(lambda: w.seen("cancelled") or w.eof, 30)
+            if not isinstance(ph, dict):
+                doc["setup"] = "no cancellation"
+                return False
+            ns, key, fence = str(ph["ns"]), str(ph["key"]), int(ph["fence"])
+            first = self.row(ns, key)
+            assert first is not None
+            t_cancel = first[5]
+            ttl = timedelta(milliseconds=self.p.ttl_ms)
+            while True:  # a lease and a half on the database clock: a stopped heartbeat would have lapsed
+                r = self.row(ns, key)
+                assert r is not None
+                if r[5] >= t_cancel + ttl * 1.5:
+                    break
+                time.sleep(0.02)  # polling the database clock
+            doc["after_a_lease"] = r[0]
+            if r[0] != "executing" or r[1] != fence or r[2] <= t_cancel + ttl:
+                self.violated("1 at most once", doc, f"{mode} cancelled the caller of a sync function on {ns}/{key}, "
+                                                     f"and its lease was not kept while the thread ran (row {r[:3]})")
+            doc["observed"] = self.harness_once(self.client_for(ns), "injector", key)["outcome"]
+            if doc["observed"] != "alive":
+                self.violated("1 at most once", doc, f"{ns}/{key}: a caller got {doc['observed']} while the "
+                                                     f"cancelled caller's function still ran under fence {fence}")
+            w.send("go")
+            if not self.wait_for(lambda: w.seen("done") or w.eof, self.p.hard_ttl_ms / 1000.0 + self.p.margin_s):
+                self.violated("5 liveness", doc, f"{ns}/{key}: the client did not close after the thread ended")
+            r = self.row(ns, key)
+            doc["final"] = r[0] if r else None
+            if r is None or r[0] != "completed" or r[1] != fence or (r[3] or {}).get("call") != ph["call"]:
+                self.violated("3 nothing lost", doc, f"{ns}/{key}: the thread of the cancelled call returned, and "
+                                                     f"the key is {r[:2] if r else 'gone'}, not its completed result")
+            return True
+        finally:
+            w.send("go")
+            self.end_actor(w, doc)
+
+    def act_fork(self, doc: Dict[str, Any]) -> bool:
+        """Item 3: a process forks while a function runs; the child must never renew its dead parent's lease."""
+        w = self.actor("fork", 3)
+        child: Optional[int] = None
+        try:
+            got = self.wait_for(lambda: (w.seen("child") and w.seen("forked")) or w.eof, 30)
+            run = w.seen("running")
+            if not got or w.eof or run is None:
+                doc["setup"] = "no fork"
+                return False
+            child = int(w.seen("child")["pid"])  # type: ignore[index]
+            ns, key, fence = str(run["ns"]), str(run["key"]), int(run["fence"])
+            asked = [c for c in w.calls.values() if c["key"] == key]
+            doc["child_asked"] = asked[0]["outcome"] if asked else None
+            if doc["child_asked"] != "alive":
+                self.violated("1 at most once", doc, f"{ns}/{key}: the forked child asked for its parent's running "
+                                                     f"key and got {doc['child_asked']}, not alive")
+            own = [c for c in w.calls.values() if c["key"].endswith("-2")]
+            doc["child_own"] = own[0]["outcome"] if own else None
+            if doc["child_own"] not in ("fresh", "replayed"):
+                self.violated("5 liveness", doc, f"the forked child's own call got {own[0] if own else None}")
+            with self.cv:
+                w.killed = True
+            before = self.row(ns, key)
+            os.kill(w.proc.pid, signal.SIGKILL)  # the parent; the child lives on
+            w.proc.wait(timeout=15)
+            assert before is not None
+            t_kill = before[5]
+            if not self.wait_lapsed(ns, key, fence, self.p.hard_ttl_ms / 1000.0 + 4):
+                self.violated("5 liveness", doc, f"{ns}/{key}: the lease of the killed parent (fence {fence}) never "
+                                                 "lapsed")
+            # Nobody may renew the dead parent's lease: it ends about a lease after the kill, long before the
+            # hard deadline up to which a child renewing it would carry it.
+            r = self.admin().q("select lease_expires_at, hard_expires_at from sentinel.executions"
+                               " where namespace = %s and key = %s and fence = %s", (ns, key, fence))
+            if r and (r[0][0] >= r[0][1] or r[0][0] > t_kill + timedelta(milliseconds=self.p.ttl_ms + 1000)):
+                doc["renewed_after_kill_s"] = round((r[0][0] - t_kill).total_seconds(), 2)
+                self.violated("1 at most once", doc, f"{ns}/{key}: the lease of the parent killed under fence {fence} "
+                                                     f"was renewed after its death (to {r[0][0]}, killed at "
+                                                     f"{t_kill}): its forked child renews it")
+            doc["observed"] = self.harness_once(self.client_for(ns), "injector", key)["outcome"]
+            if doc["observed"] not in ("uncertain", "error"):
+                self.violated("3 nothing lost", doc, f"{ns}/{key}: the parent was killed mid-run under fence "
+                                                     f"{fence}, then a caller got {doc['observed']}, not uncertain")
+            return True
+        finally:
+            w.send("exit")  # the child reads stdin once the parent is gone
+            if child is not None and not self.wait_for(lambda: w.eof, 20):
+                with contextlib.suppress(OSError):
+                    os.kill(child, signal.SIGKILL)
+            if not w.killed:
+                w.proc.kill()
+                w.killed = True
+            self.end_actor(w, doc)
+
+    def act_hang_heartbeat(self, doc: Dict[str, Any]) -> bool:
+        """Item 5: the heartbeat's connection hangs (a stalled proxy); the function is told by its hard deadline."""
+        w = self.actor("hang_heartbeat", 1, hard_ttl_ms=min(self.p.hard_ttl_ms, 3 * self.p.ttl_ms))
+        try:
+            st = self.wait_for(lambda: w.seen("stalled") or w.eof, 30)
+            if not isinstance(st, dict):
+                doc["setup"] = "no stall"
+                return False
+            ns, key, fence = str(st["ns"]), str(st["key"]), int(st["fence"])
+            if not self.wait_lapsed(ns, key, fence, self.p.ttl_ms / 1000.0 + 10):
+                self.violated("5 liveness", doc, f"{ns}/{key}: the lease of fence {fence} did not lapse")
+            doc["observed"] = self.harness_once(self.client_for(ns), "injector", key)["outcome"]
+            if doc["observed"] not in ("uncertain", "error"):
+                self.violated("3 nothing lost", doc, f"{ns}/{key}: its function still ran behind a hung connection "
+                                                     f"under fence {fence}, and a caller got {doc['observed']}")
+            no = self.wait_for(lambda: w.seen("noticed") or w.eof, self.p.hard_ttl_ms / 1000.0 + self.p.margin_s)
+            if not isinstance(no, dict) or not no.get("lost"):
+                self.violated("6 hard deadline", doc, f"{ns}/{key}: the function was not told its lease was lost by "
+                                                      "its hard deadline while its heartbeat connection hung")
+            else:
+                doc["late_by_s"] = late = round(float(no["at"]) - float(no["hard_expires_at"]), 3)
+                if late > 1.0:
+                    self.violated("6 hard deadline", doc, f"{ns}/{key}: the function was told {late} s after its "
+                                                          "hard deadline")
+            w.send("resume")
+            if not self.wait_for(lambda: w.seen("done") or w.eof, self.p.hard_ttl_ms / 1000.0 + self.p.margin_s):
+                self.violated("5 liveness", doc, f"{ns}/{key}: the call did not end once the connection resumed")
+            r = self.row(ns, key)
+            doc["final"] = r[0] if r else None
+            raised = any(c.get("outcome") == "late_raise" for c in w.calls.values())
+            if raised and r is not None and r[1] == fence and (r[0] != "uncertain" or not r[4]):
+                self.violated("1 at most once", doc, f"{ns}/{key}: fence {fence} raised after its lease was lost, "
+                                                     f"and the key is {r[0]} (evidence kept: {r[4]}), not uncertain")
+            return True
+        finally:
+            w.send("resume")
+            self.end_actor(w, doc)
+
+    def act_drop_reply(self, doc: Dict[str, Any]) -> bool:
+        """Item 14: the replies to acquire and to complete are lost after the commit; both calls end fresh."""
+        w = self.actor("drop_reply", 2)
+        try:
+            done = self.wait_for(lambda: w.seen("done") or w.eof, 30 + self.p.ttl_ms / 1000.0 * 2)
+            if not isinstance(done, dict):
+                self.violated("5 liveness", doc, "the calls whose replies were dropped did not end")
+                return True
+            doc["dropped"], doc["outcomes"] = done["dropped"], done["outcomes"]
+            for stmt, outcome in zip(("acquire", "complete"), done["outcomes"]):
+                if outcome != "fresh":
+                    self.violated("3 nothing lost", doc, f"the reply to {stmt} was lost after the commit, and the "
+                                                         f"call ended {outcome}, not fresh")
+            return int(done["dropped"]) == 2
+        finally:
+            self.end_actor(w, doc)
+
     def terminate(self, where: str, params: Sequence[Any]) -> List[int]:
         rows = self.admin().q(
             "select pid, pg_terminate_backend(pid, 5000) from pg_stat_activity"
@@ -692,6 +931,8 @@ class Harness:
                 ok = self.term_heartbeat()
             elif kind == "term_completion":
                 ok = self.term_completion()
+            elif kind in ACTED:
+                ok = self.act(kind)
             else:
                 ok = self.restart()
         except psycopg.OperationalError as exc:
@@ -1014,6 +1255,8 @@ def summarize(h: Harness, passes: List[PassInfo], violations: List[checker.Viola
                         "kept_uncertain": sum(1 for d in h.stats.late_raises
                                               if d.get("after") and d["after"][0] == "uncertain"),
                         "observed": [d.get("observed") for d in h.stats.late_raises]},
+        "acted": {kind: [{k: v for k, v in d.items() if k not in ("kind", "pass")}
+                         for d in h.stats.acted if d["kind"] == kind] for kind in ACTED},
         "zombies": {"total": len(h.stats.zombies), "completed_late": z_late, "fenced_out": z_fenced,
                     "late_outcomes": [z.get("late_outcome") for z in h.stats.zombies],
                     "modes": [z.get("mode") for z in h.stats.zombies]},
@@ -1035,6 +1278,21 @@ def summarize(h: Harness, passes: List[PassInfo], violations: List[checker.Viola
         "wall_s": round(wall, 1),
     }
     return summary
+
+
+def acted_lines(acted: Dict[str, List[Dict[str, Any]]]) -> List[str]:
+    """One summary line per scripted fault: what each run saw."""
+    def each(kind: str, fields: Sequence[str]) -> str:
+        runs = acted.get(kind, [])
+        seen = "; ".join(", ".join(f"{f} {d.get(f)}" for f in fields if f in d) for d in runs)
+        return f"{len(runs)}" + (f" ({seen})" if seen else "")
+
+    return [
+        f"  async cancellations     {each('async_cancel', ('mode', 'after_a_lease', 'observed', 'final', 'took_s'))}",
+        f"  forks                   {each('fork', ('child_asked', 'child_own', 'observed', 'took_s'))}",
+        f"  hung heartbeats         {each('hang_heartbeat', ('observed', 'late_by_s', 'final', 'took_s'))}",
+        f"  dropped replies         {each('drop_reply', ('dropped', 'outcomes', 'took_s'))}",
+    ]
 
 
 def print_summary(s: Dict[str, Any], violations: List[checker.Violation], replay: str) -> None:
@@ -1060,7 +1318,8 @@ def print_summary(s: Dict[str, Any], violations: List[checker.Violation], replay
         f"{k['respawned']} workers respawned",
         f"  late raises             {s['late_raises']['total']} functions raised after their lease was lost "
         f"({s['late_raises']['kept_uncertain']} keys kept uncertain with the error as evidence; callers saw "
-        f"{s['late_raises']['observed']})\n"
+        f"{s['late_raises']['observed']})",
+        *acted_lines(s["acted"]),
         f"  zombies                 {z['total']} SIGSTOPped past their lease ({z['completed_late']} completed late "
         f"with a current fence, {z['fenced_out']} fenced out; modes {z['modes']}, late calls ended "
         f"{z['late_outcomes']})",
