@@ -126,6 +126,57 @@ def test_the_hard_deadline_fires_locally_when_the_heartbeat_connection_hangs(dsn
         assert seen["at"] - started < hard_ms / 1000.0 + 2.0, "fired long after the hard deadline"
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_server_that_acknowledges_and_never_answers_costs_reply_timeout(
+        dsn: str, namespace: str, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A hung proxy ACKs every packet and forwards nothing: TCP timeouts never fire, reply_timeout does."""
+    caplog.set_level("WARNING", logger="sentinel")
+    outcome: Dict[str, Any] = {}
+    with Proxy(dsn) as proxy:
+        options: Dict[str, Any] = dict(conninfo=proxy.dsn, namespace=namespace, reply_timeout=1, connect_timeout=2)
+
+        def call() -> None:
+            started = time.monotonic()
+            try:
+                if kind == "sync":
+                    with sentinel.Sentinel(**options) as s:
+                        s.inspect("warm")  # the schema check and a pooled connection, before the stall
+                        proxy.stall()
+                        outcome["result"] = s.once("hung", _never, ttl_ms=1000)
+                else:
+                    async def main() -> sentinel.Result:
+                        async with sentinel.AsyncSentinel(**options) as a:
+                            await a.inspect("warm")
+                            proxy.stall()
+                            return await a.once("hung", _never, ttl_ms=1000)
+
+                    outcome["result"] = asyncio.run(main())
+            except BaseException as exc:
+                outcome["error"] = exc
+            outcome["waited"] = time.monotonic() - started
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(30)
+        alive = caller.is_alive()
+        proxy.resume()
+        caller.join(30)
+    assert not alive, "once() still waiting 30 s into a hung connection (reply_timeout=1)"
+    assert isinstance(outcome.get("error"), sentinel.DatabaseUnavailable), outcome
+    # The acquire is retried as the same call while its claim could live (1 s), each try bounded.
+    assert outcome["waited"] < 15, outcome["waited"]
+    assert any("no reply from the database within 1 s" in r.getMessage() for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]
+
+
+def test_reply_timeout_is_checked() -> None:
+    for bad in (0, 0.5, 3601, "10", True):
+        with pytest.raises(sentinel.InvalidArgument, match="reply_timeout must be None or between 1 and 3600"):
+            sentinel.Sentinel(conninfo="dbname=x", reply_timeout=bad)
+    with pytest.raises(sentinel.InvalidArgument, match="reply_timeout"):
+        sentinel.AsyncSentinel(conninfo="dbname=x", reply_timeout=0)
+
+
 # -- lost replies (the ambiguous commit) --------------------------------------------
 
 

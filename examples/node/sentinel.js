@@ -3,7 +3,9 @@
 //   import pg from 'pg';
 //   import { once } from './sentinel.js';
 //
-//   const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL });
+//   // query_timeout: a bound on the wait for each reply (a hung proxy or a frozen server acknowledges
+//   // and never answers; no TCP timeout sees that). The Python driver's reply_timeout is the same idea.
+//   const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, query_timeout: 10000 });
 //   const result = await once(pool, {
 //     namespace: 'payments', key: 'payment-order-789', ttlMs: 3000, hardTtlMs: 30000,
 //     fn: async (ctx) => chargeCard({ amount: 9900, idempotencyKey: `${ctx.key}:${ctx.fence}` }),

@@ -67,9 +67,10 @@ from ._client import (
 from ._conn import _BEGIN_RC, is_connection_loss, protocol_errors, tcp_options, wrap_exceptions
 from ._events import DidNotHappen, Happened, Observer, ProbeAnswer, UncertainKey, Unknown, probe_name
 from ._fork import track as track_fork
-from ._heartbeat import HEARTBEAT_SQL, Lease
+from ._heartbeat import HEARTBEAT_SQL, Lease, renewal_bound
 from ._schema import SchemaStatus, migrations, required_version
 from ._support import channel
+from ._watchdog import bounded
 from .errors import (
     DatabaseUnavailable,
     DocumentTooLarge,
@@ -346,8 +347,14 @@ async def _fetchone(conn: psycopg.AsyncConnection[Any], query: Any, params: Any 
 
 
 async def _protocol_row(conn: psycopg.AsyncConnection[Any], query: Any, params: Any = None, *,
-                        explicit: bool = False) -> Optional[Tuple[Any, ...]]:
+                        explicit: bool = False, timeout: Optional[float] = None) -> Optional[Tuple[Any, ...]]:
     """``_conn.protocol_row`` for an AsyncConnection: one autocommit protocol statement, at read committed."""
+    with bounded(conn, timeout):
+        return await _protocol_row_unbounded(conn, query, params, explicit)
+
+
+async def _protocol_row_unbounded(conn: psycopg.AsyncConnection[Any], query: Any, params: Any,
+                                  explicit: bool) -> Optional[Tuple[Any, ...]]:
     if not explicit:
         return await _fetchone(conn, query, params)
     try:
@@ -432,7 +439,8 @@ class _Heartbeater:
     """
 
     def __init__(self, source: _AsyncSource, on_lost: Callable[[_AsyncLease], None],
-                 explicit: Callable[[], bool] = lambda: False) -> None:
+                 explicit: Callable[[], bool] = lambda: False, timeout: Optional[float] = None) -> None:
+        self._timeout = timeout  # the client's reply_timeout
         self._source = source
         self._on_lost = on_lost
         self._explicit = explicit  # protocol calls in explicit read committed transactions (see _conn)
@@ -543,7 +551,8 @@ class _Heartbeater:
                             continue
                     try:
                         row = await _protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence),
-                                                  explicit=self._explicit())
+                                                  explicit=self._explicit(),
+                                                  timeout=renewal_bound(self._timeout, lease))
                     except Exception as exc:
                         locked = getattr(exc, "sqlstate", None) in ("55P03", "40001", "40P01")
                         if not locked or conn.broken or conn.closed:
@@ -744,6 +753,7 @@ class AsyncSentinel:
         cache_ttl_ms: int = 1000,
         listen: bool = True,
         poll_interval_ms: int = 100,
+        reply_timeout: Optional[float] = 10.0,
     ) -> None:
         given = [x is not None for x in (get_conn, pool, conninfo)]
         if sum(given) != 1:
@@ -756,7 +766,9 @@ class AsyncSentinel:
             default_hard_ttl_ms=default_hard_ttl_ms, dumps=dumps, check_schema=False, observers=observers,
             loads=loads, fingerprints=fingerprints, retain_ms=retain_ms, permanent_errors=permanent_errors,
             cache_size=cache_size, cache_ttl_ms=cache_ttl_ms, listen=False, poll_interval_ms=poll_interval_ms,
+            reply_timeout=reply_timeout,
         )
+        self._reply_s = self._core._reply_s
         self.namespace = self._core.namespace
         self.default_ttl_ms = self._core.default_ttl_ms
         self.default_hard_ttl_ms = self._core.default_hard_ttl_ms
@@ -780,7 +792,8 @@ class AsyncSentinel:
             source = _PrivatePoolSource(conninfo, max_size=pool_size, timeout=connect_timeout,
                                         prepared_statements=prepared_statements)
         self._source = source
-        self._heartbeat = _Heartbeater(source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc)
+        self._heartbeat = _Heartbeater(source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc,
+                                       timeout=self._reply_s)
         self._listener: Optional[_Listener] = None
         self._tasks: Set[asyncio.Future[Any]] = set()
         self._schema_ok = not check_schema
@@ -790,7 +803,8 @@ class AsyncSentinel:
     def _after_fork(self) -> None:
         """In a forked child: drop the parent's pool, leases, listener and background tasks (see ``_fork``)."""
         self._source.after_fork()
-        self._heartbeat = _Heartbeater(self._source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc)
+        self._heartbeat = _Heartbeater(self._source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc,
+                                       timeout=self._reply_s)
         self._listener = None
         self._tasks = set()
 
@@ -1016,7 +1030,7 @@ class AsyncSentinel:
             async with self._source.connection() as conn:
                 with wrap_exceptions():
                     row = await _protocol_row(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, ms),
-                                              explicit=self._explicit_rc)
+                                              explicit=self._explicit_rc, timeout=self._reply_s)
             return int(row[0]) if row else None
         except SentinelError as exc:
             logger.debug("sentinel: watch_v1 failed (%s); polling instead", exc)
@@ -1026,7 +1040,8 @@ class AsyncSentinel:
         try:
             async with self._source.connection() as conn:
                 with wrap_exceptions():
-                    await _protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,), explicit=self._explicit_rc)
+                    await _protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,), explicit=self._explicit_rc,
+                                     timeout=self._reply_s)
         except SentinelError as exc:  # the watcher expires by itself
             logger.debug("sentinel: unwatch failed: %s", exc)
 
@@ -1082,7 +1097,7 @@ class AsyncSentinel:
                     with _naming(ns, key), wrap_exceptions():
                         row = await _protocol_row(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
                                                                    call.fingerprint, retry.token),
-                                                  explicit=self._explicit_rc)
+                                                  explicit=self._explicit_rc, timeout=self._reply_s)
                     retry.answered()
                     assert row is not None
                     outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
@@ -1295,10 +1310,12 @@ class AsyncSentinel:
             try:
                 if current is not None and not current.closed and not current.broken:
                     with wrap_exceptions():
-                        return await _protocol_row(current, query, params, explicit=self._explicit_rc)
+                        return await _protocol_row(current, query, params, explicit=self._explicit_rc,
+                                                   timeout=self._reply_s)
                 async with self._source.connection() as fresh:
                     with wrap_exceptions():
-                        return await _protocol_row(fresh, query, params, explicit=self._explicit_rc)
+                        return await _protocol_row(fresh, query, params, explicit=self._explicit_rc,
+                                                   timeout=self._reply_s)
             except (DatabaseUnavailable, KeyLocked, SerializationConflict) as exc:
                 if isinstance(exc, DatabaseUnavailable):
                     current = None  # a lock timeout or a conflict leaves the connection usable
@@ -1338,7 +1355,7 @@ class AsyncSentinel:
         async with self._source.connection() as conn:
             if check_schema:
                 await self._check_schema(conn)
-            with wrap_exceptions():
+            with wrap_exceptions(), bounded(conn, self._reply_s):
                 cur = await conn.execute(query, params)
                 rows = await cur.fetchall()
             return [d.name for d in (cur.description or [])], [tuple(r) for r in rows]

@@ -46,6 +46,7 @@ from ._fork import track as track_fork
 from ._heartbeat import Heartbeater, Lease
 from ._schema import check_compatible
 from ._support import Listener, ResponseCache, auto_fingerprint, decode_like_jsonb, default_dumps
+from ._watchdog import bounded
 from .contrib import transaction_guard
 from .errors import (
     DatabaseUnavailable,
@@ -298,6 +299,14 @@ def _check_ttl(name: str, value: Any) -> int:
     return value
 
 
+def _check_reply_timeout(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 3600:
+        raise InvalidArgument(f"reply_timeout must be None or between 1 and 3600 seconds, got {value!r}")
+    return float(value)
+
+
 @contextlib.contextmanager
 def _naming(ns: str, key: str) -> Iterator[None]:
     """Name the key in a KeyLocked raised by the block (the database's message cannot)."""
@@ -451,8 +460,14 @@ class Sentinel:
     acquired, replayed, alive, uncertain, completed, failed, fenced,
     lease_lost and reconciled key (see :meth:`add_observer`); ``on_uncertain``
     is a probe applied when a caller meets an uncertain key (see
-    :meth:`once`). Call :meth:`close` (or use ``with``) to stop the heartbeat
-    thread and close a private pool.
+    :meth:`once`). ``reply_timeout`` bounds, in seconds, the wait for the
+    database's reply to each protocol statement (acquire, heartbeat, record):
+    past it the connection is closed and the call goes on as after any lost
+    connection (retried where that is safe, else :class:`DatabaseUnavailable`).
+    It ends the wait on a peer that acknowledges and never answers (a hung
+    proxy, a frozen server), which TCP timeouts cannot see; ``None`` waits
+    without a bound. Call :meth:`close` (or use ``with``) to stop the
+    heartbeat thread and close a private pool.
     """
 
     def __init__(
@@ -479,6 +494,7 @@ class Sentinel:
         cache_ttl_ms: int = 1000,
         listen: bool = True,
         poll_interval_ms: int = 100,
+        reply_timeout: Optional[float] = 10.0,
     ) -> None:
         given = [x is not None for x in (get_conn, pool, conninfo)]
         if sum(given) == 0:
@@ -515,6 +531,7 @@ class Sentinel:
         self._cache = ResponseCache(cache_size, cache_ttl_s) if cache_size else None
         self._listen = bool(listen)
         self._poll_s = _check_ttl("poll_interval_ms", poll_interval_ms) / 1000.0
+        self._reply_s = _check_reply_timeout(reply_timeout)
         self._listener_obj: Optional[Listener] = None
         self._closed = False
         source: Source
@@ -531,7 +548,8 @@ class Sentinel:
         self._on_uncertain = on_uncertain
         self._isolation_known = False
         self._explicit_rc = False  # the sessions default to another isolation than read committed
-        self._heartbeat = Heartbeater(source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc)
+        self._heartbeat = Heartbeater(source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc,
+                                      timeout=self._reply_s)
         self._owner_pid = -1
         self._owner = ""
         self._lock = threading.Lock()
@@ -584,7 +602,8 @@ class Sentinel:
         self._lock = threading.Lock()
         self._source.after_fork()
         # The parent's leases are the parent's to renew; its threads are not here.
-        self._heartbeat = Heartbeater(self._source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc)
+        self._heartbeat = Heartbeater(self._source, on_lost=self._lease_lost, explicit=lambda: self._explicit_rc,
+                                      timeout=self._reply_s)
         self._listener_obj = None
         if self._cache is not None:
             self._cache.after_fork()
@@ -811,7 +830,8 @@ class Sentinel:
             if watch_id is not None:
                 try:
                     with self._source.connection() as conn, wrap_exceptions():
-                        protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,), explicit=self._explicit_rc)
+                        protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,), explicit=self._explicit_rc,
+                                     timeout=self._reply_s)
                 except SentinelError as exc:  # the watcher expires by itself
                     logger.debug("sentinel: unwatch failed: %s", exc)
 
@@ -820,7 +840,7 @@ class Sentinel:
         try:
             with self._source.connection() as conn, wrap_exceptions():
                 row = protocol_row(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, wait_ms),
-                                   explicit=self._explicit_rc)
+                                   explicit=self._explicit_rc, timeout=self._reply_s)
                 return int(row[0]) if row else None
         except (DatabaseUnavailable, SerializationConflict) as exc:
             logger.debug("sentinel: watch_v1 failed (%s); polling instead", exc)
@@ -874,7 +894,7 @@ class Sentinel:
                     with _naming(ns, key), wrap_exceptions():
                         row = protocol_row(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
                                                                 call.fingerprint, retry.token),
-                                           explicit=self._explicit_rc)
+                                           explicit=self._explicit_rc, timeout=self._reply_s)
                     retry.answered()
                     assert row is not None
                     outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
@@ -1050,10 +1070,10 @@ class Sentinel:
             try:
                 if current is not None and not current.closed and not current.broken:
                     with wrap_exceptions():
-                        row = protocol_row(current, sql, params, explicit=self._explicit_rc)
+                        row = protocol_row(current, sql, params, explicit=self._explicit_rc, timeout=self._reply_s)
                 else:
                     with self._source.connection() as fresh, wrap_exceptions():
-                        row = protocol_row(fresh, sql, params, explicit=self._explicit_rc)
+                        row = protocol_row(fresh, sql, params, explicit=self._explicit_rc, timeout=self._reply_s)
                 return tuple(row) if row is not None else None
             except (DatabaseUnavailable, KeyLocked, SerializationConflict) as exc:
                 if isinstance(exc, DatabaseUnavailable):
@@ -1094,7 +1114,8 @@ class Sentinel:
         key = _check_key(key)
         with self._source.connection() as conn, wrap_exceptions():
             self._check_schema(conn)
-            cur = conn.execute("select * from sentinel.inspect_v1(%s, %s)", (self.namespace, key))
+            with bounded(conn, self._reply_s):
+                cur = conn.execute("select * from sentinel.inspect_v1(%s, %s)", (self.namespace, key))
             row = cur.fetchone()
             if row is None:
                 return None
@@ -1108,7 +1129,7 @@ class Sentinel:
         ``response`` and ``error`` are None unless ``bodies=True`` (a record's
         full body is :meth:`inspect`'s).
         """
-        with self._source.connection() as conn, wrap_exceptions():
+        with self._source.connection() as conn, wrap_exceptions(), bounded(conn, self._reply_s):
             cur = conn.execute("select * from sentinel.list_v2(%s, %s, %s, %s, %s)",
                                (self.namespace, state, older_than_ms, max_rows, bool(bodies)))
             names = [d.name for d in (cur.description or [])]
@@ -1125,7 +1146,7 @@ class Sentinel:
         key = _check_key(key)
         resp = None if response is None and action != "completed" else self._dumps(response)
         err = None if error is None else self._dumps(error)
-        with self._source.connection() as conn, wrap_exceptions():
+        with self._source.connection() as conn, wrap_exceptions(), bounded(conn, self._reply_s):
             cur = conn.execute(
                 "select * from sentinel.reconcile_v1(%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s)",
                 (self.namespace, key, action, actor, reason, resp, err, force),
@@ -1141,14 +1162,14 @@ class Sentinel:
     def events(self, key: str, *, max_rows: int = 1000) -> List[Dict[str, Any]]:
         """The event log of ``key`` (newest ``max_rows``, oldest first): one row per transition."""
         key = _check_key(key)
-        with self._source.connection() as conn, wrap_exceptions():
+        with self._source.connection() as conn, wrap_exceptions(), bounded(conn, self._reply_s):
             cur = conn.execute("select * from sentinel.events_v1(%s, %s, %s)", (self.namespace, key, max_rows))
             names = [d.name for d in (cur.description or [])]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def stats(self) -> Dict[str, Any]:
         """Records of this namespace by effective state, the oldest uncertain, executions per minute."""
-        with self._source.connection() as conn, wrap_exceptions():
+        with self._source.connection() as conn, wrap_exceptions(), bounded(conn, self._reply_s):
             cur = conn.execute("select * from sentinel.stats_v1(%s)", (self.namespace,))
             names = [d.name for d in (cur.description or [])]
             row = cur.fetchone()

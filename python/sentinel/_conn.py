@@ -14,6 +14,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
+from ._watchdog import bounded
 from .errors import (
     DatabaseUnavailable,
     ForkedPool,
@@ -149,14 +150,20 @@ _BEGIN_RC = "begin isolation level read committed"
 
 
 def protocol_row(conn: psycopg.Connection[Any], query: Any, params: Any = None, *,
-                 explicit: bool = False) -> Optional[Tuple[Any, ...]]:
+                 explicit: bool = False, timeout: Optional[float] = None) -> Optional[Tuple[Any, ...]]:
     """Run one protocol statement of an autocommit connection at read committed; its first row.
 
     On a session whose default is read committed (the usual case) it is the
     statement alone, one round trip. With ``explicit`` it is wrapped in
     ``begin isolation level read committed`` ... ``commit``, pipelined in one
-    round trip where libpq supports it. psycopg errors pass as they are.
+    round trip where libpq supports it. ``timeout`` bounds the wait for the
+    reply (see ``_watchdog``). psycopg errors pass as they are.
     """
+    with bounded(conn, timeout):
+        return _protocol_row(conn, query, params, explicit)
+
+
+def _protocol_row(conn: psycopg.Connection[Any], query: Any, params: Any, explicit: bool) -> Optional[Tuple[Any, ...]]:
     if not explicit:
         row = conn.execute(query, params).fetchone()
         return None if row is None else tuple(row)

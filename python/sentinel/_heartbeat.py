@@ -81,6 +81,12 @@ class Lease:
         return True
 
 
+def renewal_bound(timeout: Optional[float], lease: Lease) -> Optional[float]:
+    """How long a renewal may wait for its reply: the client's ``reply_timeout``, but at most one renewal
+    interval (at least a second), so a hung connection is replaced while the lease still lives."""
+    return None if timeout is None else min(timeout, max(1.0, round(lease.interval, 1)))
+
+
 class Heartbeater:
     """Renews the leases of every in-flight execution of one ``Sentinel``.
 
@@ -92,8 +98,9 @@ class Heartbeater:
     """
 
     def __init__(self, source: Source, on_lost: Optional[Callable[[Lease], None]] = None,
-                 explicit: Callable[[], bool] = lambda: False) -> None:
+                 explicit: Callable[[], bool] = lambda: False, timeout: Optional[float] = None) -> None:
         self._source = source
+        self._timeout = timeout  # the client's reply_timeout
         self._on_lost = on_lost
         self._explicit = explicit  # protocol calls in explicit read committed transactions (see _conn)
         self._cond = threading.Condition()
@@ -213,7 +220,7 @@ class Heartbeater:
                             continue
                     try:
                         row = protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence),
-                                           explicit=self._explicit())
+                                           explicit=self._explicit(), timeout=renewal_bound(self._timeout, lease))
                     except Exception as exc:
                         # A lock timeout (another session holds this row) or a conflict (a
                         # repeatable-read session) leaves the connection usable.
