@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, Callable, Dict
 
@@ -96,3 +97,29 @@ def test_reconcile_force_and_stats_and_purge(db: Dict[str, Any]) -> None:
     assert purged.returncode == 0 and "deleted 1 records of payments" in purged.stdout
     events = cli(db, "purge", "--older-than", "0s", "--events", "--json")
     assert json.loads(events.stdout)["deleted"] >= 4
+
+
+def test_purge_events_refuses_expired_and_honours_batch(db: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--events with --expired (the event log has no retain_ms) is a usage error; --batch reaches the events."""
+    mixed = cli(db, "purge", "--expired", "--events")
+    assert mixed.returncode == 2, (mixed.returncode, mixed.stderr)
+    assert "sentinel purge: --events needs --older-than AGE" in mixed.stderr and "Traceback" not in mixed.stderr
+    with psycopg.connect(db["dsn"]) as conn:
+        before = conn.execute("select count(*) from sentinel.events").fetchone()
+    assert before is not None and before[0] >= 4  # nothing was deleted by the refused call
+
+    from sentinel import cli as cli_module
+
+    asked: list[int] = []
+    real = sentinel.Sentinel.purge_events
+
+    def spy(self: sentinel.Sentinel, older_than_ms: int, *, batch_size: int = 10000) -> int:
+        asked.append(batch_size)
+        return real(self, older_than_ms, batch_size=batch_size)
+
+    monkeypatch.setattr(sentinel.Sentinel, "purge_events", spy)
+    out = io.StringIO()
+    rc = cli_module.main(["purge", "--events", "--older-than", "0s", "--batch", "3", "--json",
+                          "--dsn", db["dsn"], "--namespace", "payments"], out=out)
+    assert rc == 0 and asked == [3], (rc, asked)
+    assert json.loads(out.getvalue())["deleted"] == before[0]

@@ -260,13 +260,18 @@ def cmd_purge(args: argparse.Namespace, out: TextIO) -> int:
     if args.older_than is None and not args.expired:
         sys.stderr.write("sentinel purge: say --older-than AGE, or --expired\n")
         return EXIT_USAGE
+    if args.events and args.older_than is None:
+        sys.stderr.write("sentinel purge: --events needs --older-than AGE (the event log has no retain_ms; "
+                         "--expired is for records)\n")
+        return EXIT_USAGE
     with _sentinel(args) as s:
         if args.events:
-            n, what = s.purge_events(args.older_than), "events"
+            n = s.purge_events(args.older_than, batch_size=args.batch or 10000)
+            what = "events"
         elif args.expired:
-            n, what = s.purge_expired(batch_size=args.batch), f"expired records of {args.namespace}"
+            n, what = s.purge_expired(batch_size=args.batch or 1000), f"expired records of {args.namespace}"
         else:
-            n, what = s.purge(args.older_than, batch_size=args.batch), f"records of {args.namespace}"
+            n, what = s.purge(args.older_than, batch_size=args.batch or 1000), f"records of {args.namespace}"
     _emit(args, {"deleted": n, "what": what}, lambda: f"deleted {n} {what}\n", out)
     return EXIT_OK
 
@@ -354,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--older-than", type=duration_ms, metavar="AGE", help="finished at least AGE ago (e.g. 30d)")
     what.add_argument("--expired", action="store_true", help="records whose retain_ms has passed")
-    p.add_argument("--batch", type=int, default=1000, help="rows per batch (default 1000)")
+    p.add_argument("--batch", type=int, default=None, help="rows per batch (default 1000; 10000 with --events)")
     p.add_argument("--events", action="store_true", help="with --older-than: the event log (all namespaces)")
     p.set_defaults(func=cmd_purge)
     return parser
