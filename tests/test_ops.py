@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import uuid
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import psycopg
 import pytest
@@ -285,3 +285,71 @@ def test_stats(client: sentinel.Sentinel, conn: psycopg.Connection[Any]) -> None
     assert (st["completed"], st["uncertain"], st["claimed"], st["failed"]) == (2, 1, 0, 0)
     assert st["oldest_uncertain_at"] is not None and st["started_last_minute"] == 3
     assert st["finished_last_minute"] == 2
+
+
+def _open_spans() -> Any:
+    """A span processor that knows which spans were started and never ended."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class OpenSpans(SpanProcessor):
+        def __init__(self) -> None:
+            self.open: Dict[int, str] = {}
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            self.open[span.context.span_id] = f"{span.name} {dict(span.attributes or {}).get('sentinel.key')}"
+
+        def on_end(self, span: Any) -> None:
+            self.open.pop(span.context.span_id, None)
+
+    return OpenSpans()
+
+
+def test_opentelemetry_ends_the_span_of_an_uncertain_or_rolled_back_execution(
+        dsn: str, namespace: str, conn: psycopg.Connection[Any]) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sentinel.contrib.otel import OpenTelemetryObserver
+
+    spans, tracking = InMemorySpanExporter(), _open_spans()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    provider.add_span_processor(tracking)
+    with sentinel.Sentinel(conninfo=dsn, namespace=namespace, observers=[OpenTelemetryObserver(provider)]) as s:
+        with pytest.raises(sentinel.ResultNotSerializable):
+            s.once("unserialisable", lambda: object())
+        assert s.inspect("unserialisable")["state"] == "uncertain"  # type: ignore[index]
+        with psycopg.connect(dsn, autocommit=True) as own:
+            with pytest.raises(RuntimeError), s.transaction("rolled-back", own) as tx:
+                tx.complete({"order": 1})
+                raise RuntimeError("the caller's own failure: everything rolls back")
+    assert tracking.open == {}, f"spans never ended: {tracking.open}"
+    ended = {(sp.name, sp.attributes.get("sentinel.key")): sp for sp in spans.get_finished_spans()}  # type: ignore[union-attr]
+    unc = ended[("sentinel.execute", "unserialisable")]
+    assert unc.attributes["sentinel.outcome"] == "uncertain" and unc.status.status_code.name == "ERROR"  # type: ignore[index]
+    assert ("sentinel.execute", "rolled-back") not in ended  # nothing happened: nothing to trace
+
+
+def test_transaction_reports_work_only_once_it_committed(dsn: str, namespace: str) -> None:
+    """acquired and completed come after the commit (metrics must not count work that rolled back)."""
+    seen: List[Tuple[str, str, Optional[str]]] = []
+
+    with psycopg.connect(dsn, autocommit=True) as other:
+        def observer(event: sentinel.Event) -> None:
+            row = other.execute("select state from sentinel.executions where namespace = %s and key = %s",
+                                (namespace, event.key)).fetchone()
+            seen.append((event.kind, event.key, row[0] if row else None))
+
+        with sentinel.Sentinel(conninfo=dsn, namespace=namespace, observers=[observer]) as s, \
+                psycopg.connect(dsn, autocommit=True) as own:
+            with pytest.raises(RuntimeError), s.transaction("undone", own) as tx:
+                tx.complete(1)
+                raise RuntimeError("rolled back")
+            with s.transaction("done", own) as tx:
+                tx.complete(2)
+            with s.transaction("done", own) as tx:
+                assert tx.replayed
+    # Each event saw the committed row (what another session sees), never the uncommitted claim.
+    assert seen == [("acquired", "done", "completed"), ("completed", "done", "completed"),
+                    ("replayed", "done", "completed")], seen

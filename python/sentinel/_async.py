@@ -1510,6 +1510,7 @@ class AsyncSentinel:
                           retain_ms, ())
         ns = self.namespace
         user_raised: List[BaseException] = []
+        savepoint = conn.info.transaction_status != pq.TransactionStatus.IDLE
         with protocol_errors(user_raised):
             async with conn.transaction():
                 await self._check_schema(conn)
@@ -1521,9 +1522,7 @@ class AsyncSentinel:
                                       core._loads(response) if outcome == "completed" else None, error)
                 if outcome == "mismatch":
                     core._observed(call, outcome, fence, state, attempt, None, None, None)
-                self._emit("acquired" if outcome == "acquired" else (
-                    "replayed" if outcome in ("completed", "failed") else outcome), ns, call.key, fence, attempt,
-                    transactional=True)
+                tx._opened()
                 try:
                     yield tx
                 except BaseException as exc:
@@ -1534,3 +1533,4 @@ class AsyncSentinel:
                         f"{ns}/{call.key}: the transaction() block acquired the key but did not call "
                         "tx.complete(response); everything in it was rolled back"
                     )
+        tx._committed(savepoint)

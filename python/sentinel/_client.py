@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import psycopg
+from psycopg import pq
 
 from ._conn import (
     GetConn,
@@ -358,6 +359,25 @@ class TransactionState:
         self.response = response
         self.error = error
         self.completed = False
+        # acquired and completed describe work that commits with the block: told once it has
+        self._held: List[str] = []
+
+    def _opened(self) -> None:
+        """Tell the observers what the block found; its claim only once the block commits."""
+        core, ns, key = self._core, self._core.namespace, self._call.key
+        if self.outcome == "acquired":
+            self._held.append("acquired")
+            return
+        kind = "replayed" if self.outcome in ("completed", "failed") else self.outcome
+        core._emit(kind, ns, key, self.fence, self.attempt, transactional=True)
+
+    def _committed(self, savepoint: bool) -> None:
+        """The block's transaction committed (or, inside the caller's transaction, its savepoint was released)."""
+        core = self._core
+        for kind in self._held:
+            core._emit(kind, core.namespace, self._call.key, self.fence, self.attempt, transactional=True,
+                       savepoint=savepoint or None)
+        self._held = []
 
     @property
     def acquired(self) -> bool:
@@ -404,7 +424,7 @@ class TransactionState:
         self.completed = True
         self.state = "completed"
         self.response = value
-        core._emit("completed", core.namespace, key, self.fence, self.attempt, transactional=True)
+        self._held.append("completed")
         return value
 
 
@@ -1266,6 +1286,7 @@ class Sentinel:
                           retain_ms, ())
         ns = self.namespace
         user_raised: List[BaseException] = []
+        savepoint = conn.info.transaction_status != pq.TransactionStatus.IDLE
         with protocol_errors(user_raised), conn.transaction():
             self._check_schema(conn)
             row = conn.execute(_ACQUIRE_SQL, (ns, call.key, self.owner, call.ttl, call.hard, call.fingerprint,
@@ -1276,9 +1297,7 @@ class Sentinel:
                              self._loads(response) if outcome == "completed" else None, error)
             if outcome == "mismatch":
                 self._observed(call, outcome, fence, state, attempt, None, None, None)
-            self._emit("acquired" if outcome == "acquired" else ("replayed" if outcome in ("completed", "failed")
-                                                                  else outcome), ns, call.key, fence, attempt,
-                       transactional=True)
+            tx._opened()
             try:
                 yield tx
             except BaseException as exc:
@@ -1289,6 +1308,7 @@ class Sentinel:
                     f"{ns}/{call.key}: the transaction() block acquired the key but did not call "
                     "tx.complete(response); everything in it was rolled back"
                 )
+        tx._committed(savepoint)
 
     def purge_expired(self, *, batch_size: int = 1000) -> int:
         """Delete this namespace's finished records whose ``retain_ms`` has passed, in batches."""

@@ -4,9 +4,11 @@
     sentinel.add_observer(OpenTelemetryObserver())
 
 Spans: ``sentinel.execute`` from ``acquired`` to ``completed``/``failed``/
-``fenced`` (status ERROR on failure), and a short ``sentinel.<kind>`` span for
-every other event. Metrics: counter ``sentinel.events`` (attributes
-``sentinel.event``, ``sentinel.namespace``) and histogram
+``fenced``/``uncertain`` (status ERROR unless completed), and a short
+``sentinel.<kind>`` span for every other event (an ``uncertain`` met by a
+caller, with no execution of this process open under that fence, is one).
+Metrics: counter ``sentinel.events`` (attributes ``sentinel.event``,
+``sentinel.namespace``) and histogram
 ``sentinel.execution.duration`` in seconds (attribute ``sentinel.outcome``).
 The providers default to the global ones your SDK set up.
 """
@@ -54,7 +56,7 @@ class OpenTelemetryObserver:
             with self._lock:
                 self._open[ident] = span
             return
-        if event.kind in _ENDS:
+        if event.kind in _ENDS or event.kind == "uncertain":
             with self._lock:
                 span = self._open.pop(ident, None)
             if event.duration_s is not None:
