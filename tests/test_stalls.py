@@ -251,3 +251,16 @@ def test_sentinels_own_tcp_connections_detect_a_vanished_peer(dsn: str, namespac
                     return _tcp_settings(aconn)
 
         assert asyncio.run(main()) == {"keepalive": 1, "user_timeout": 10000}
+
+
+def test_connect_timeout_is_libpqs_limit_on_opening_a_connection_in_whole_seconds(dsn: str, namespace: str) -> None:
+    """The sync client never waits for a free connection; it opens one, and connect_timeout bounds that."""
+    with Proxy(dsn) as proxy, sentinel.Sentinel(conninfo=proxy.dsn, namespace=namespace, connect_timeout=0.3,
+                                                check_schema=False) as s:
+        proxy.stall()  # the server's side of the startup never arrives
+        started = time.monotonic()
+        with pytest.raises(sentinel.DatabaseUnavailable, match="timeout expired"):
+            s.inspect("k")
+        waited = time.monotonic() - started
+        proxy.resume()
+    assert 0.9 <= waited < 5.0, waited  # 0.3 s is rounded up to libpq's minimum of one second

@@ -170,11 +170,19 @@ class LeaseLost(SentinelError):
 class Result:
     """What ``once()`` learned about a key.
 
-    Exactly one of these holds: ``execution_alive`` (another worker is running
-    it now), ``uncertain`` (an execution started and its outcome is unknown:
-    reconcile it), ``state == "failed"`` (a permanent error is replayed in
-    ``error``), or the key completed and ``response`` holds the recorded
-    response, fresh (``replayed`` False) or replayed.
+    Exactly one of these holds:
+
+    - ``execution_alive``: another worker is running it now;
+    - ``uncertain``: an execution started and its outcome is unknown
+      (reconcile it);
+    - ``failed`` (``state == "failed"``): a permanent error is replayed in
+      ``error``;
+    - ``completed``: ``response`` holds the recorded response, fresh
+      (``replayed`` False) or replayed;
+    - ``not persisted`` (``persisted`` False, ``state == "executing"``): the
+      function ran here and returned ``response``, but the database stayed out
+      of reach until the hard deadline, so nothing is recorded and other
+      callers will be told the key is uncertain.
     """
 
     namespace: str
@@ -467,9 +475,12 @@ class Sentinel:
     ``namespace`` isolates this client's keys from other systems sharing the
     database. ``dumps`` turns a function's return value into JSON text
     (default: ``json.dumps`` without NaN). ``pool_size`` and
-    ``connect_timeout`` (seconds a call waits for a connection before raising
-    :class:`DatabaseUnavailable`) apply to the connections of ``conninfo``,
-    which use no server-side prepared statements (so they work behind a
+    ``connect_timeout`` apply to the connections of ``conninfo``: a call that
+    finds no idle connection opens one (it never waits for a free one), and
+    ``connect_timeout`` is libpq's limit on opening it, in whole seconds
+    (rounded, at least 1), past which the call raises
+    :class:`DatabaseUnavailable` (``pool_size`` idle ones are kept). These
+    connections use no server-side prepared statements (so they work behind a
     transaction-pooling PgBouncer) unless ``prepared_statements=True``.
     With ``check_schema`` (the default) the first call checks, once, that the
     database's schema is recent enough for this client and still provides its
