@@ -563,7 +563,6 @@ class _Heartbeater:
                                    extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence})
                         self._unreachable(lease)
                         continue
-                    lease.beats += 1
                     if row is not None and row[0]:
                         lease.lease_expires_at = row[2]
                         self._reschedule(lease, lease.interval)

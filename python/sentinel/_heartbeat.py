@@ -21,7 +21,7 @@ HEARTBEAT_SQL = "select alive, state, lease_expires_at from sentinel.heartbeat_v
 class Lease:
     """The heartbeat's view of one running execution."""
 
-    __slots__ = ("namespace", "key", "fence", "interval", "lost", "lost_reason", "id", "beats", "lease_expires_at",
+    __slots__ = ("namespace", "key", "fence", "interval", "lost", "lost_reason", "id", "lease_expires_at",
                  "deadline", "on_lost")
 
     def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int, deadline: Optional[float] = None) -> None:
@@ -35,7 +35,6 @@ class Lease:
         self.lost = threading.Event()
         self.lost_reason: Optional[str] = None
         self.id = 0
-        self.beats = 0
         self.lease_expires_at: Any = None
         #: called once when the lease is lost (the client's ``lease_lost`` event)
         self.on_lost: Optional[Callable[[Lease], None]] = None
@@ -241,7 +240,6 @@ class Heartbeater:
                         )
                         self._unreachable(lease)
                         continue
-                    lease.beats += 1
                     if row is not None and row[0]:
                         lease.lease_expires_at = row[2]
                         self._reschedule(lease, lease.interval)

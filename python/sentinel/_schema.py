@@ -20,7 +20,6 @@ logger = logging.getLogger("sentinel")
 #: The protocol versions this client speaks: the ``_v1`` functions, and
 #: ``complete_v2``/``fail_v2`` (recording with retention).
 API_VERSIONS = (1, 2)
-API_VERSION = API_VERSIONS[-1]
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_(pre|post)_([a-z0-9_]+)\.sql$")
 

@@ -123,10 +123,6 @@ class ResponseCache:
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
 
 # -- waiting for another worker's outcome --------------------------------------------
 

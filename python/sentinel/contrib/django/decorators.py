@@ -52,6 +52,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 
 from ..._client import Result, Sentinel
 from ...errors import KeyMismatch, SentinelError
+from .conf import get_sentinel
 
 __all__ = [
     "idempotent_view",
@@ -257,7 +258,7 @@ def idempotent_view(
                 return _json(400, "idempotency_key_requires_authentication",
                              f"{header} is accepted only from authenticated clients")
             s = sentinel if isinstance(sentinel, Sentinel) else (sentinel() if sentinel is not None
-                                                                  else _shared())
+                                                                  else get_sentinel())
             key = record_key(str(owner), given)
             ttl = ttl_ms if ttl_ms is not None else s.default_ttl_ms
             hard = hard_ttl_ms if hard_ttl_ms is not None else max(ttl, DEFAULT_HARD_TTL_MS)
@@ -300,8 +301,3 @@ def idempotent_view(
         return decorate(view)
     return decorate
 
-
-def _shared() -> Sentinel:
-    from .conf import get_sentinel
-
-    return get_sentinel()
