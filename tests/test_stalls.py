@@ -264,3 +264,29 @@ def test_connect_timeout_is_libpqs_limit_on_opening_a_connection_in_whole_second
         waited = time.monotonic() - started
         proxy.resume()
     assert 0.9 <= waited < 5.0, waited  # 0.3 s is rounded up to libpq's minimum of one second
+
+
+def test_an_outage_logs_one_line_per_kind_of_trouble_not_one_per_retry(
+        dsn: str, namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The heartbeat retries every 200 ms while the database is away; the log says so once, on one line each."""
+    caplog.set_level("WARNING", logger="sentinel")
+    proxy = Proxy(dsn)
+    with sentinel.Sentinel(conninfo=proxy.dsn, namespace=namespace, connect_timeout=1) as s:
+        s.inspect("warm")
+
+        def fn(ctx: sentinel.ExecutionContext) -> str:
+            wait_until(lambda: ctx.lease_expires_at is not None, 10, "a first renewal")
+            proxy.close()  # every connection drops, and new ones are refused
+            ctx.wait_lost(2.5)  # the function's work, while the heartbeat retries
+            return "done"
+
+        result = s.once("outage", fn, ttl_ms=3000, hard_ttl_ms=6000, pass_context=True)
+        assert not result.persisted  # the database stayed away until the hard deadline
+    beats = [r.getMessage() for r in caplog.records if "heartbeat" in r.getMessage()]
+    assert beats, "the outage was not logged at all"
+    assert len(beats) <= 4, beats  # a connection loss, a connect failure, at most one repeat each
+    recordings = [m for m in (r.getMessage() for r in caplog.records) if m.startswith("recording failed")]
+    assert 1 <= len(recordings) <= 3, recordings  # about one per 5 s, not one per retry
+    for message in (r.getMessage() for r in caplog.records):
+        assert "\n" not in message, message
+        assert not message.startswith("sentinel:"), message  # the logger's name already says it

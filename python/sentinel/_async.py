@@ -68,6 +68,8 @@ from ._conn import _BEGIN_RC, is_connection_loss, protocol_errors, tcp_options, 
 from ._events import DidNotHappen, Happened, Observer, ProbeAnswer, UncertainKey, Unknown, probe_name
 from ._fork import track as track_fork
 from ._heartbeat import HEARTBEAT_SQL, Lease, renewal_bound
+from ._logs import held_back, one_line
+from ._logs import throttle as _throttle
 from ._schema import SchemaStatus, migrations, required_version
 from ._support import channel
 from ._watchdog import bounded
@@ -506,7 +508,7 @@ class _Heartbeater:
 
     def _lose(self, lease: _AsyncLease, why: str) -> None:
         logger.warning(
-            "sentinel: %s/%s lost its lease under fence %s (%s)", lease.namespace, lease.key, lease.fence, why,
+            "%s/%s lost its lease under fence %s (%s)", lease.namespace, lease.key, lease.fence, why,
             extra={"sentinel_namespace": lease.namespace, "sentinel_key": lease.key, "sentinel_fence": lease.fence},
         )
         self.unregister(lease)
@@ -545,8 +547,11 @@ class _Heartbeater:
                             conn = await conn_cm.__aenter__()
                         except Exception as exc:
                             conn_cm = conn = None
-                            logger.warning("sentinel: heartbeat cannot connect (%s); retrying", exc,
-                                           extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence})
+                            held = _throttle(("connect", id(self)))
+                            if held is not None:
+                                logger.warning("heartbeat cannot connect (%s); retrying%s", one_line(exc),
+                                               held_back(held),
+                                               extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence})
                             self._unreachable(lease)
                             continue
                     try:
@@ -558,9 +563,11 @@ class _Heartbeater:
                         if not locked or conn.broken or conn.closed:
                             await release(exc)  # a lock timeout or a conflict leaves the connection usable
                         level = logging.WARNING if is_connection_loss(exc) or locked else logging.ERROR
-                        logger.log(level, "sentinel: heartbeat for %s/%s failed (%s); retrying",
-                                   lease.namespace, lease.key, exc,
-                                   extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence})
+                        held = _throttle(("renew", lease.namespace, lease.key, lease.fence))
+                        if held is not None:
+                            logger.log(level, "heartbeat for %s/%s failed (%s); retrying%s",
+                                       lease.namespace, lease.key, one_line(exc), held_back(held),
+                                       extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence})
                         self._unreachable(lease)
                         continue
                     if row is not None and row[0]:
@@ -624,7 +631,7 @@ class _Listener:
                                 event.set()
                 except Exception as exc:
                     self.ready.clear()
-                    logger.warning("sentinel: LISTEN connection failed (%s); waiters poll until it is back", exc)
+                    logger.warning("LISTEN connection failed (%s); waiters poll until it is back", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
         finally:
@@ -882,7 +889,7 @@ class AsyncSentinel:
         def done(t: asyncio.Future[Any]) -> None:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
-                logger.debug("sentinel: background task ended with %r", t.exception())
+                logger.debug("background task ended with %r", t.exception())
 
         task.add_done_callback(done)
 
@@ -1032,7 +1039,7 @@ class AsyncSentinel:
                                               explicit=self._explicit_rc, timeout=self._reply_s)
             return int(row[0]) if row else None
         except SentinelError as exc:
-            logger.debug("sentinel: watch_v1 failed (%s); polling instead", exc)
+            logger.debug("watch_v1 failed (%s); polling instead", exc)
             return None
 
     async def _unwatch(self, watch_id: int) -> None:
@@ -1042,7 +1049,7 @@ class AsyncSentinel:
                     await _protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,), explicit=self._explicit_rc,
                                      timeout=self._reply_s)
         except SentinelError as exc:  # the watcher expires by itself
-            logger.debug("sentinel: unwatch failed: %s", exc)
+            logger.debug("unwatch failed: %s", exc)
 
     def _get_listener(self) -> Optional[_Listener]:
         if not self._listen:
@@ -1065,7 +1072,7 @@ class AsyncSentinel:
             if inspect.isawaitable(answer):
                 answer = await answer
         except Exception as exc:
-            logger.exception("sentinel: probe %r failed for %s/%s", probe, self.namespace, key)
+            logger.exception("probe %r failed for %s/%s", probe, self.namespace, key)
             answer = Unknown(f"the probe raised {type(exc).__name__}: {exc}")
         actor = probe_name(probe)  # type: ignore[arg-type]
         try:
@@ -1135,7 +1142,7 @@ class AsyncSentinel:
                                      time.monotonic() + 2.0, log_extra)
         except Exception as err:  # never hide the original exception
             rec = None
-            logger.error("sentinel: could not release %s/%s: %s", ns, key, err, extra=log_extra)
+            logger.error("could not release %s/%s: %s", ns, key, err, extra=log_extra)
         self._core._not_started_reported(ns, key, fence, exc, rec, log_extra)
 
     async def _execute(
@@ -1174,7 +1181,7 @@ class AsyncSentinel:
                 # function still runs. Its lease is kept alive until the thread
                 # really ends, then its real outcome is recorded, as if the
                 # caller had waited; the caller gets its cancellation now.
-                logger.info("sentinel: %s/%s: the caller was cancelled while its sync function runs in a thread; "
+                logger.info("%s/%s: the caller was cancelled while its sync function runs in a thread; "
                             "the lease is kept until the thread ends and its outcome is recorded then",
                             ns, key, extra=log_extra)
                 self._keep(asyncio.ensure_future(
@@ -1242,7 +1249,7 @@ class AsyncSentinel:
             ) from exc
         if rec is None:
             self._emit("completed", ns, key, fence, attempt, took, persisted=False, **details)
-            logger.error("sentinel: %s/%s ran under fence %s but its response could not be recorded before the "
+            logger.error("%s/%s ran under fence %s but its response could not be recorded before the "
                          "hard deadline; other callers will see it uncertain", ns, key, fence, extra=log_extra)
             return Result(ns, key, "executing", response=recorded_value, fence=fence, attempt=attempt,
                           persisted=False, hard_expires_at=hard_at)
@@ -1291,7 +1298,7 @@ class AsyncSentinel:
             await self._complete(None, call, value, fence, attempt, hard_at, deadline, took, log_extra,
                                  caller_cancelled=True)
         except SentinelError as exc:
-            logger.warning("sentinel: the outcome of %s/%s (its caller was cancelled) was not recorded: %s",
+            logger.warning("the outcome of %s/%s (its caller was cancelled) was not recorded: %s",
                            self.namespace, call.key, exc, extra=log_extra)
 
     async def _record(
@@ -1321,8 +1328,10 @@ class AsyncSentinel:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                logger.warning("sentinel: recording failed (%s); retrying for up to %.1fs", exc, remaining,
-                               extra=log_extra)
+                held = _throttle(("record", sql, *params[:3]))
+                if held is not None:
+                    logger.warning("recording failed (%s); retrying for up to %.1fs%s", one_line(exc), remaining,
+                                   held_back(held), extra=log_extra)
                 await asyncio.sleep(min(delay * (0.5 + random.random()), remaining))
                 delay = min(delay * 2, 1.0)
 
@@ -1335,16 +1344,16 @@ class AsyncSentinel:
             rec = await self._record(conn, _ABANDON_SQL, (ns, key, fence, reason),
                                      deadline if deadline is not None else time.monotonic(), log_extra)
         except Exception as exc:  # never hide the original exception
-            logger.error("sentinel: could not mark %s/%s uncertain: %s", ns, key, exc, extra=log_extra)
+            logger.error("could not mark %s/%s uncertain: %s", ns, key, exc, extra=log_extra)
             return False
         if rec is None:
-            logger.error("sentinel: could not mark %s/%s uncertain (database unavailable); it will read "
+            logger.error("could not mark %s/%s uncertain (database unavailable); it will read "
                          "uncertain once its lease lapses", ns, key, extra=log_extra)
             return False
         if rec[0] == "uncertain":
             self._emit("uncertain", ns, key, fence, reason=reason)
         else:
-            logger.warning("sentinel: %s/%s marked %s: %s", ns, key, rec[0], reason, extra=log_extra)
+            logger.warning("%s/%s marked %s: %s", ns, key, rec[0], reason, extra=log_extra)
         return rec[0] in ("uncertain", "released")
 
     # -- operator calls ----------------------------------------------------

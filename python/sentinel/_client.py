@@ -45,6 +45,8 @@ from ._events import (
 )
 from ._fork import track as track_fork
 from ._heartbeat import Heartbeater, Lease
+from ._logs import held_back, one_line
+from ._logs import throttle as _throttle
 from ._schema import check_compatible
 from ._support import Listener, ResponseCache, auto_fingerprint, decode_like_jsonb, default_dumps
 from ._watchdog import bounded
@@ -151,13 +153,13 @@ class _AcquireRetry:
             return None  # nothing went out (nothing claimed), or the answer came: the run's own errors
         remaining = self._until - time.monotonic()
         if remaining <= 0:
-            logger.error("sentinel: %s/%s: the reply to acquire was lost and the database stayed out of reach for "
+            logger.error("%s/%s: the reply to acquire was lost and the database stayed out of reach for "
                          "a whole lease; if the claim was made, it reads uncertain now", ns, key)
             return None
         self.retries += 1
         pause = min(self._delay * (0.5 + random.random()), remaining)
         self._delay = min(self._delay * 2, 1.0)
-        logger.warning("sentinel: %s/%s: the reply to acquire was lost (%s); asking again as the same call",
+        logger.warning("%s/%s: the reply to acquire was lost (%s); asking again as the same call",
                        ns, key, exc)
         return pause
 
@@ -620,7 +622,7 @@ class Sentinel:
         if rec is not None and rec[0] == "stale":
             self._emit("fenced", ns, key, fence, attempt, took, exc, state=rec[1], **details)
         elif rec is not None and rec[0] == "uncertain":
-            logger.warning("sentinel: %s/%s raised %s after its lease was lost under fence %s; the key stays "
+            logger.warning("%s/%s raised %s after its lease was lost under fence %s; the key stays "
                            "uncertain (the error is kept for the reconciler)", ns, key, type(exc).__name__, fence,
                            extra=log_extra)
             self._emit("uncertain", ns, key, fence, attempt, took, exc, reason="late failure", **details)
@@ -697,7 +699,7 @@ class Sentinel:
         self._isolation_known = True
         self._explicit_rc = level != "read committed"
         if self._explicit_rc:
-            logger.info("sentinel: the sessions' default isolation is %s; protocol calls run in explicit read "
+            logger.info("the sessions' default isolation is %s; protocol calls run in explicit read "
                         "committed transactions (alter the role's default_transaction_isolation to read committed "
                         "to save that)", level)
 
@@ -864,7 +866,7 @@ class Sentinel:
                         protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,), explicit=self._explicit_rc,
                                      timeout=self._reply_s)
                 except SentinelError as exc:  # the watcher expires by itself
-                    logger.debug("sentinel: unwatch failed: %s", exc)
+                    logger.debug("unwatch failed: %s", exc)
 
     def _watch(self, key: str, wait_ms: int) -> Optional[int]:
         """Ask the database to NOTIFY this key's outcome (it notifies only watched keys)."""
@@ -874,7 +876,7 @@ class Sentinel:
                                    explicit=self._explicit_rc, timeout=self._reply_s)
                 return int(row[0]) if row else None
         except (DatabaseUnavailable, SerializationConflict) as exc:
-            logger.debug("sentinel: watch_v1 failed (%s); polling instead", exc)
+            logger.debug("watch_v1 failed (%s); polling instead", exc)
             return None
 
     def _listener(self) -> Optional[Listener]:
@@ -893,7 +895,7 @@ class Sentinel:
         try:
             answer: ProbeAnswer = probe(info)
         except Exception as exc:
-            logger.exception("sentinel: probe %r failed for %s/%s", probe, self.namespace, key)
+            logger.exception("probe %r failed for %s/%s", probe, self.namespace, key)
             answer = Unknown(f"the probe raised {type(exc).__name__}: {exc}")
         actor = probe_name(probe)
         try:
@@ -963,18 +965,18 @@ class Sentinel:
                                time.monotonic() + 2.0, log_extra)
         except Exception as err:  # never hide the original exception
             rec = None
-            logger.error("sentinel: could not release %s/%s: %s", ns, key, err, extra=log_extra)
+            logger.error("could not release %s/%s: %s", ns, key, err, extra=log_extra)
         self._not_started_reported(ns, key, fence, exc, rec, log_extra)
 
     def _not_started_reported(self, ns: str, key: str, fence: int, exc: BaseException,
                               rec: Optional[Tuple[Any, ...]], log_extra: Dict[str, Any]) -> None:
         """Report the release of a claim whose function never started (sync and async paths alike)."""
         if rec is not None and rec[0] == "recorded":
-            logger.warning("sentinel: %s/%s was released: %s arrived after the claim and before the function "
+            logger.warning("%s/%s was released: %s arrived after the claim and before the function "
                            "started; the next caller runs it", ns, key, type(exc).__name__, extra=log_extra)
             self._emit("failed", ns, key, fence, None, None, exc, persisted=True, permanent=False, started=False)
         else:
-            logger.error("sentinel: %s/%s: the function never started, but its claim could not be released (%s); "
+            logger.error("%s/%s: the function never started, but its claim could not be released (%s); "
                          "it will read uncertain once its lease lapses", ns, key, rec[0] if rec else "unreachable",
                          extra=log_extra)
 
@@ -1069,7 +1071,7 @@ class Sentinel:
             ) from exc
         if rec is None:
             self._emit("completed", ns, key, fence, attempt, took, persisted=False)
-            logger.error("sentinel: %s/%s ran under fence %s but its response could not be recorded before the "
+            logger.error("%s/%s ran under fence %s but its response could not be recorded before the "
                          "hard deadline; other callers will see it uncertain", ns, key, fence, extra=log_extra)
             return Result(ns, key, "executing", response=recorded_value, fence=fence, attempt=attempt,
                           persisted=False, hard_expires_at=hard_at)
@@ -1112,8 +1114,10 @@ class Sentinel:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                logger.warning("sentinel: recording failed (%s); retrying for up to %.1fs", exc, remaining,
-                               extra=log_extra)
+                held = _throttle(("record", sql, *params[:3]))
+                if held is not None:
+                    logger.warning("recording failed (%s); retrying for up to %.1fs%s", one_line(exc), remaining,
+                                   held_back(held), extra=log_extra)
                 time.sleep(min(delay * (0.5 + random.random()), remaining))
                 delay = min(delay * 2, 1.0)
 
@@ -1126,16 +1130,16 @@ class Sentinel:
             rec = self._record(conn, _ABANDON_SQL, (ns, key, fence, reason),
                                deadline if deadline is not None else time.monotonic(), log_extra)
         except Exception as exc:  # never hide the original exception
-            logger.error("sentinel: could not mark %s/%s uncertain: %s", ns, key, exc, extra=log_extra)
+            logger.error("could not mark %s/%s uncertain: %s", ns, key, exc, extra=log_extra)
             return False
         if rec is None:
-            logger.error("sentinel: could not mark %s/%s uncertain (database unavailable); it will read "
+            logger.error("could not mark %s/%s uncertain (database unavailable); it will read "
                          "uncertain once its lease lapses", ns, key, extra=log_extra)
             return False
         if rec[0] == "uncertain":
             self._emit("uncertain", ns, key, fence, reason=reason)
         else:
-            logger.warning("sentinel: %s/%s marked %s: %s", ns, key, rec[0], reason, extra=log_extra)
+            logger.warning("%s/%s marked %s: %s", ns, key, rec[0], reason, extra=log_extra)
         return rec[0] in ("uncertain", "released")
 
     # -- operator calls ----------------------------------------------------

@@ -65,7 +65,7 @@ def emit(observers: Sequence[Observer], event: Event) -> None:
     level = logging.WARNING if event.kind in _WARNING_KINDS else logging.DEBUG
     if logger.isEnabledFor(level):
         logger.log(
-            level, "sentinel: %s %s/%s fence=%s", event.kind, event.namespace, event.key, event.fence,
+            level, "%s %s/%s fence=%s", event.kind, event.namespace, event.key, event.fence,
             extra={
                 "sentinel_event": event.kind,
                 "sentinel_namespace": event.namespace,
@@ -80,7 +80,7 @@ def emit(observers: Sequence[Observer], event: Event) -> None:
         try:
             observer(event)
         except Exception:
-            logger.exception("sentinel: observer %r failed on %s", observer, event.kind)
+            logger.exception("observer %r failed on %s", observer, event.kind)
 
 
 # -- probes -------------------------------------------------------------------

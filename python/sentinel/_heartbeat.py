@@ -12,6 +12,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import psycopg
 
 from ._conn import Source, is_connection_loss, protocol_row
+from ._logs import held_back, one_line
+from ._logs import throttle as _throttle
 
 logger = logging.getLogger("sentinel")
 
@@ -52,7 +54,7 @@ class Lease:
             try:
                 self.on_lost(self)
             except Exception:
-                logger.exception("sentinel: lease-lost callback failed")
+                logger.exception("lease-lost callback failed")
 
     def past_deadline(self) -> bool:
         """Whether the lease is lost, checking the hard deadline on the local clock too.
@@ -62,7 +64,7 @@ class Lease:
         that hangs without an error, a renewal stuck behind a lock).
         """
         if not self.lost.is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
-            logger.warning("sentinel: %s/%s reached its hard deadline under fence %s", self.namespace, self.key,
+            logger.warning("%s/%s reached its hard deadline under fence %s", self.namespace, self.key,
                            self.fence, extra={"sentinel_namespace": self.namespace, "sentinel_key": self.key,
                                               "sentinel_fence": self.fence})
             self.lose("hard deadline passed")
@@ -170,7 +172,7 @@ class Heartbeater:
 
     def _lose(self, lease: Lease, why: str) -> None:
         logger.warning(
-            "sentinel: %s/%s lost its lease under fence %s (%s)", lease.namespace, lease.key, lease.fence, why,
+            "%s/%s lost its lease under fence %s (%s)", lease.namespace, lease.key, lease.fence, why,
             extra={"sentinel_namespace": lease.namespace, "sentinel_key": lease.key, "sentinel_fence": lease.fence},
         )
         self.unregister(lease)
@@ -211,10 +213,12 @@ class Heartbeater:
                             conn = conn_cm.__enter__()
                         except Exception as exc:
                             conn_cm = conn = None
-                            logger.warning(
-                                "sentinel: heartbeat cannot connect (%s); retrying", exc,
-                                extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
-                            )
+                            held = _throttle(("connect", id(self)))
+                            if held is not None:
+                                logger.warning(
+                                    "heartbeat cannot connect (%s); retrying%s", one_line(exc), held_back(held),
+                                    extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
+                                )
                             self._unreachable(lease)
                             continue
                     try:
@@ -233,11 +237,13 @@ class Heartbeater:
                                     pass
                             conn_cm = conn = None
                         level = logging.WARNING if is_connection_loss(exc) or locked else logging.ERROR
-                        logger.log(
-                            level, "sentinel: heartbeat for %s/%s failed (%s); retrying",
-                            lease.namespace, lease.key, exc,
-                            extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
-                        )
+                        held = _throttle(("renew", lease.namespace, lease.key, lease.fence))
+                        if held is not None:
+                            logger.log(
+                                level, "heartbeat for %s/%s failed (%s); retrying%s",
+                                lease.namespace, lease.key, one_line(exc), held_back(held),
+                                extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
+                            )
                         self._unreachable(lease)
                         continue
                     if row is not None and row[0]:

@@ -282,7 +282,7 @@ def init_db(conn: psycopg.Connection[Any], *, to: Optional[int] = None) -> List[
             if st.unknown:
                 if any(v not in st.api_versions for v in API_VERSIONS):
                     raise SchemaError(st.problems()[-1])
-                logger.info("sentinel: the database has migrations this client does not know (%s); it still "
+                logger.info("the database has migrations this client does not know (%s); it still "
                             "provides the protocol versions of this client, nothing to do", ", ".join(st.unknown))
             applied = {a.id for a in st.applied}
             for m in todo:
@@ -294,7 +294,7 @@ def init_db(conn: psycopg.Connection[Any], *, to: Optional[int] = None) -> List[
                         "insert into sentinel.migrations (id, name, checksum) values (%s, %s, %s)",
                         (m.id, m.name, m.checksum),
                     )
-                logger.info("sentinel: applied migration %s", m.name, extra={"sentinel_migration": m.name})
+                logger.info("applied migration %s", m.name, extra={"sentinel_migration": m.name})
                 done.append(m.name)
         finally:
             if not conn.closed and not conn.broken:

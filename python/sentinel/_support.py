@@ -182,7 +182,7 @@ class Listener:
                 self.ready.clear()
                 if self._closed:
                     return
-                logger.warning("sentinel: LISTEN connection failed (%s); waiters poll until it is back", exc)
+                logger.warning("LISTEN connection failed (%s); waiters poll until it is back", exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         self.ready.clear()

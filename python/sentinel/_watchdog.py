@@ -110,7 +110,7 @@ class Watchdog:
                 for armed in due:  # still under the lock: the statement cannot end and free its fd meanwhile
                     _shut(armed.fd)
             for armed in due:
-                logger.warning("sentinel: no reply from the database within %g s; closing that connection",
+                logger.warning("no reply from the database within %g s; closing that connection",
                                armed.seconds)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
@@ -365,11 +366,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr() -> None:
+    """The library's warnings on stderr as ``sentinel: ...``, unless the application set up logging."""
+    log = logging.getLogger("sentinel")
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    log.addHandler(handler)
+
+
 def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     stream = out or sys.stdout
+    _log_to_stderr()
     try:
         code: int = args.func(args, stream)
         return code

@@ -284,7 +284,7 @@ def idempotent_view(
                              f"a request with this {header} is being processed; retry later",
                              Retry_After=str(_retry_after(s, key)))
             if result.uncertain:
-                logger.warning("sentinel: %s is uncertain (fence %s): answering 409", key, result.fence)
+                logger.warning("%s is uncertain (fence %s): answering 409", key, result.fence)
                 return _json(409, "outcome_uncertain",
                              f"the outcome of the request with this {header} is unknown (its processing was "
                              "interrupted); it will not be run again until it is resolved")
