@@ -176,3 +176,13 @@ def test_refused_login_is_not_an_outage(dsn: str, change: Dict[str, str]) -> Non
     with sentinel.Sentinel(conninfo=bad, namespace="payments") as s:
         with pytest.raises(sentinel.LoginRefused):
             s.once("k", lambda: 1)
+
+
+def test_with_no_dsn_the_cli_says_where_it_looked(tmp_path: Any) -> None:
+    """No --dsn, $SENTINEL_DSN or $DATABASE_URL: libpq's defaults were used, and the message says so."""
+    r = run("status", env={"PGHOST": str(tmp_path), "PGPORT": "1"})  # a socket folder with no server in it
+    assert r.returncode == 3, (r.returncode, r.stderr)
+    assert "no --dsn, $SENTINEL_DSN or $DATABASE_URL was given" in r.stderr, r.stderr
+    assert f"PGHOST={tmp_path}" in r.stderr and "pass --dsn" in r.stderr, r.stderr
+    given = run("status", "--dsn", f"host={tmp_path} port=1")
+    assert given.returncode == 3 and "no --dsn" not in given.stderr, given.stderr

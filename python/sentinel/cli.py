@@ -20,7 +20,7 @@ import psycopg
 
 from ._conn import login_refused, wrap_exceptions
 from ._schema import API_VERSIONS, init_db, migrations, status
-from .errors import DatabaseUnavailable, SentinelError
+from .errors import DatabaseUnavailable, LoginRefused, SentinelError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -390,14 +390,24 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
         message = str(exc).strip()
         if not message.startswith("database unavailable: "):
             message = f"database unavailable: {message}"
-        sys.stderr.write(f"sentinel {args.command}: {message}\n")
+        sys.stderr.write(f"sentinel {args.command}: {message}{_where_dsn(args)}\n")
         return EXIT_UNAVAILABLE
     except (SentinelError, psycopg.Error) as exc:
         message = str(exc).strip()
         if message.startswith("sentinel: "):
             message = message[len("sentinel: "):]
-        sys.stderr.write(f"sentinel {args.command}: {message}\n")
+        hint = _where_dsn(args) if isinstance(exc, LoginRefused) else ""
+        sys.stderr.write(f"sentinel {args.command}: {message}{hint}\n")
         return EXIT_FAILED
+
+
+def _where_dsn(args: argparse.Namespace) -> str:
+    """When no DSN was given, say so: libpq's defaults (PGHOST, PGUSER, the OS user) are easily not meant."""
+    if getattr(args, "dsn", None) or os.environ.get("SENTINEL_DSN") or os.environ.get("DATABASE_URL"):
+        return ""
+    seen = ", ".join(f"{k}={os.environ[k]}" for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE") if k in os.environ)
+    return ("\n  (no --dsn, $SENTINEL_DSN or $DATABASE_URL was given, so libpq's defaults were used"
+            + (f": {seen}" if seen else ": the local socket, your OS user name as the role") + "; pass --dsn)")
 
 
 def console() -> None:
