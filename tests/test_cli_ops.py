@@ -123,3 +123,21 @@ def test_purge_events_refuses_expired_and_honours_batch(db: Dict[str, Any], monk
                           "--dsn", db["dsn"], "--namespace", "payments"], out=out)
     assert rc == 0 and asked == [3], (rc, asked)
     assert json.loads(out.getvalue())["deleted"] == before[0]
+
+
+def test_a_refused_reconcile_names_the_flag_or_the_argument_not_sql(db: Dict[str, Any]) -> None:
+    r = cli(db, "reconcile", "order-2", "--as", "failed", "--reason", "refunded by hand")
+    assert r.returncode == 1, r.stderr
+    assert "pass --force to override" in r.stderr and "=>" not in r.stderr, r.stderr
+    with sentinel.Sentinel(conninfo=db["dsn"], namespace="payments") as s:
+        with pytest.raises(sentinel.ReconcileRefused, match=r"pass force=True to override"):
+            s.reconcile("order-2", action="failed", actor="ops", reason="refunded by hand")
+
+
+def test_an_unserialisable_result_says_how_to_pass_a_serializer(db: Dict[str, Any]) -> None:
+    import datetime
+
+    with sentinel.Sentinel(conninfo=db["dsn"], namespace="payments") as s:
+        with pytest.raises(sentinel.ResultNotSerializable, match=r"Sentinel\(dumps=\.\.\.\)") as caught:
+            s.once("when", lambda: {"at": datetime.datetime(2026, 12, 1)})
+    assert "default=str" in str(caught.value)

@@ -21,6 +21,7 @@ from .errors import (
     KeyLocked,
     LoginRefused,
     PermissionDenied,
+    ReconcileRefused,
     SchemaError,
     SentinelError,
     SerializationConflict,
@@ -102,6 +103,8 @@ def wrap_exceptions() -> Iterator[None]:
         if mapped is not None:
             diag = exc.diag
             message = diag.message_primary or str(exc)
+            if mapped is ReconcileRefused:  # the database speaks SQL; this caller speaks Python
+                message = message.replace("pass force => true", "pass force=True")
             raise mapped(message) from exc
         if code in ("40001", "40P01"):
             raise SerializationConflict(

@@ -26,7 +26,11 @@ def encode_default(value: Any) -> Any:
     """``json.dumps`` ``default=``: dataclass instances become dicts."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    raise TypeError(
+        f"Object of type {type(value).__name__} is not JSON serializable: return JSON values (str, numbers, "
+        "lists, dicts, dataclasses), or give Sentinel(dumps=...) a serializer that knows this type, "
+        "for example dumps=lambda v: json.dumps(v, default=str)"
+    )
 
 
 def default_dumps(value: Any) -> str:

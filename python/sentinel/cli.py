@@ -20,7 +20,7 @@ import psycopg
 
 from ._conn import login_refused, wrap_exceptions
 from ._schema import API_VERSIONS, init_db, migrations, status
-from .errors import DatabaseUnavailable, LoginRefused, SentinelError
+from .errors import DatabaseUnavailable, LoginRefused, ReconcileRefused, SentinelError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -396,6 +396,8 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
         message = str(exc).strip()
         if message.startswith("sentinel: "):
             message = message[len("sentinel: "):]
+        if isinstance(exc, ReconcileRefused):
+            message = message.replace("pass force=True", "pass --force")
         hint = _where_dsn(args) if isinstance(exc, LoginRefused) else ""
         sys.stderr.write(f"sentinel {args.command}: {message}{hint}\n")
         return EXIT_FAILED
