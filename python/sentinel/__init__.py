@@ -49,7 +49,7 @@ from .errors import (
     UnknownRole,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "Sentinel",
