@@ -86,3 +86,16 @@ def test_grant_unknown_role_is_a_clear_error(conn: psycopg.Connection[Any]) -> N
 
 def test_the_operations_guide_shows_the_grant_function() -> None:
     assert "select sentinel.grant_v1('app');" in (ROOT / "docs" / "operations.md").read_text()
+
+
+def test_an_app_role_can_run_check_and_status_as_a_readiness_probe(app_dsn: str) -> None:
+    """`sentinel check` with the application's credentials: no owner password in the deployment."""
+    from test_cli import run
+
+    check = run("check", "--dsn", app_dsn)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.startswith("ok: schema version"), check.stdout
+    st = run("status", "--dsn", app_dsn)
+    assert st.returncode == 0 and "permission denied" not in st.stderr, st.stderr
+    assert "may not read sentinel.migrations" in st.stdout and "pending" not in st.stdout, st.stdout
+    assert st.stdout.rstrip().endswith("ok"), st.stdout

@@ -121,6 +121,9 @@ class SchemaStatus:
     unknown: List[str] = field(default_factory=list)
     #: the session's transaction isolation as the check saw it (the role's or database's default)
     isolation: str = "read committed"
+    #: whether this role may read the ledger ``sentinel.migrations`` (an application role may not: its
+    #: status then comes from ``schema_version()`` alone, without the drift check)
+    ledger_readable: bool = True
 
     @property
     def installed(self) -> bool:
@@ -155,13 +158,16 @@ class SchemaStatus:
         """A JSON-ready summary (for ``sentinel status --json``)."""
         applied = {a.id: a for a in self.applied}
         rows: List[Dict[str, Any]] = []
+        pending = {m.id for m in self.pending}
         for m in migrations():
             a = applied.get(m.id)
+            state = ("drift" if m.name in self.drifted else "applied" if a else
+                     "pending" if m.id in pending else "applied (ledger not readable)")
             rows.append({
                 "id": m.id,
                 "name": m.name,
                 "phase": m.phase,
-                "state": "drift" if m.name in self.drifted else ("applied" if a else "pending"),
+                "state": state,
                 "applied_at": a.applied_at.isoformat() if a else None,
                 "applied_by": a.applied_by if a else None,
             })
@@ -176,6 +182,7 @@ class SchemaStatus:
             "client_api_versions": list(API_VERSIONS),
             "ok": not self.problems(),
             "problems": self.problems(),
+            "ledger_readable": self.ledger_readable,
             "migrations": rows,
         }
 
@@ -210,8 +217,11 @@ def status(conn: psycopg.Connection[Any]) -> SchemaStatus:
     with wrap_exceptions():
         version, apis = _version_row(conn)
         applied: List[AppliedMigration] = []
-        exists = conn.execute("select to_regclass('sentinel.migrations') is not null").fetchone()
-        if exists and exists[0]:
+        exists = conn.execute(
+            "select to_regclass('sentinel.migrations') is not null, to_regclass('sentinel.migrations') is not null"
+            " and has_table_privilege('sentinel.migrations', 'select')").fetchone()
+        readable = bool(exists and exists[1])
+        if readable:
             applied = [
                 AppliedMigration(int(r[0]), str(r[1]), str(r[2]), r[3], str(r[4]))
                 for r in conn.execute(
@@ -222,15 +232,18 @@ def status(conn: psycopg.Connection[Any]) -> SchemaStatus:
     done = {a.id: a for a in applied}
     drifted = [by_id[a.id].name for a in applied if a.id in by_id and by_id[a.id].checksum != a.checksum]
     unknown = [a.name for a in applied if a.id not in by_id]
+    unreadable = bool(exists and exists[0]) and not readable
     return SchemaStatus(
         schema_version=version,
         required_version=required_version(),
         latest_version=mine[-1].id if mine else 0,
         api_versions=apis,
         applied=applied,
-        pending=[m for m in mine if m.id not in done],
+        # Without the ledger, what schema_version() says is applied is taken as applied.
+        pending=[m for m in mine if (m.id > (version or 0) if unreadable else m.id not in done)],
         drifted=drifted,
         unknown=unknown,
+        ledger_readable=not unreadable,
     )
 
 

@@ -81,6 +81,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         for row in data["migrations"]:
             when = f"  {row['applied_at']} by {row['applied_by']}" if row["applied_at"] else ""
             lines.append(f"  {row['name']:<32} {row['state']}{when}")
+        if not st.ledger_readable:
+            lines.append("note: this role may not read sentinel.migrations (the schema owner's ledger), so "
+                         "the versions come from schema_version() and drift is not checked; run `sentinel "
+                         "status` as the owner for the full ledger")
         for p in st.problems():
             lines.append(f"problem: {p}")
         lines.append("ok" if not st.problems() else "not ok")
