@@ -120,8 +120,15 @@ def wrap_exceptions() -> Iterator[None]:
                 f"'idle in transaction'): {(exc.diag.message_primary or str(exc)).strip()}"
             ) from exc
         if code == "42501":
+            text = str(exc).strip()
+            if re.search(r"\bfunction (reconcile|purge)", text):
+                # An operator's function: an application role lacks it by design.
+                raise PermissionDenied(
+                    f"{text}: this is an operator's function; the schema owner grants it with "
+                    "`select sentinel.grant_v1('<role>', operator => true)` or `sentinel grant <role> --operator`"
+                ) from exc
             raise PermissionDenied(
-                f"{str(exc).strip()}: the schema owner can grant what an application needs with "
+                f"{text}: the schema owner can grant what an application needs with "
                 "`select sentinel.grant_v1('<role>')` or `sentinel grant <role>`"
             ) from exc
         if code in ("42883", "3F000", "42P01"):
