@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
 	@echo "make test        pytest and the pgTAP suite against a throwaway PostgreSQL"
-	@echo "make check       ruff, mypy --strict, squawk on the migrations"
+	@echo "make check       ruff, mypy --strict, squawk on the migrations, the docs site (make docs)"
 	@echo "make chaos       fault injection (~2.5 min): kills, zombies, dropped backends, crash restarts, PgBouncer"
 	@echo "make bench       benchmark against floors measured in the same run (~4 min, bench/results/latest.json)"
 	@echo "make test-other-languages  the psql and Node.js clients and the cross-language race (needs node, npm)"
@@ -69,8 +69,10 @@ lint: venv
 typecheck: venv
 	for v in 3.10 3.11 3.12 3.13; do $(PY) -m mypy --python-version $$v || exit 1; done
 
+# The documentation site (MkDocs Material, built into site/ with --strict), after the link check.
 docs: venv
 	$(PY) tools/check_docs.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 check: lint typecheck docs
 
@@ -82,4 +84,4 @@ wheel: venv
 	$(PY) -m pip wheel --quiet --no-deps -w dist .
 
 clean:
-	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) dist build site .pytest_cache .mypy_cache .ruff_cache
