@@ -211,3 +211,18 @@ def test_threads_share_one_client(client: sentinel.Sentinel) -> None:
     assert all(resp == i for i, resp, _, _ in answered)
     fresh = [r for r in answered if not r[2]]
     assert sorted(r[0] for r in fresh) == list(range(20)), "each key ran exactly once"
+
+
+def test_fresh_and_replayed_responses_serialise_to_the_same_bytes(client: sentinel.Sentinel) -> None:
+    """jsonb reorders keys and turns 1e16 into an int: the fresh caller gets the response as replays will."""
+    import json
+
+    value = {"zeta": 1, "alpha": {"b": 2.5, "a": "ü😀", "aa": None}, "x": [3, 1e16, -0.0, {"é": 1, "e": 2}],
+             "dup": {"k": 1}, "": "empty key", "longer-key": [1.5, "\u2028"]}
+    fresh = client.once("bytes", lambda: value)
+    replay = client.once("bytes", lambda: value)
+    assert replay.replayed and not fresh.replayed
+    assert json.dumps(fresh.response) == json.dumps(replay.response), (fresh.response, replay.response)
+    assert json.dumps(fresh.response, ensure_ascii=False).encode() == \
+        json.dumps(replay.response, ensure_ascii=False).encode()
+    assert list(fresh.response) == ["", "x", "dup", "zeta", "alpha", "longer-key"]  # jsonb's order

@@ -39,17 +39,32 @@ def default_dumps(value: Any) -> str:
 
 
 def _jsonb_number(text: str) -> Any:
-    """A JSON number as a replay will see it: jsonb stores numeric and prints it without exponent."""
-    return json.loads(format(decimal.Decimal(text), "f"))
+    """A JSON number as a replay will see it: jsonb stores numeric and prints it without exponent.
+
+    numeric has no negative zero: ``-0.0`` comes back as ``0.0``.
+    """
+    number = decimal.Decimal(text)
+    return json.loads(format(number.copy_abs() if number.is_zero() else number, "f"))
+
+
+def _jsonb_object(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """An object as jsonb stores it: the last of duplicate keys, keys by length, then bytewise."""
+    merged = dict(pairs)
+    if len(merged) < 2:
+        return merged
+    return {k: merged[k] for k in sorted(merged, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))}
 
 
 def decode_like_jsonb(text: str) -> Any:
     """Decode the JSON text of a response exactly as it will come back from jsonb.
 
     ``1e16`` is stored as the numeric ``10000000000000000`` and replayed as an
-    int, so the fresh caller must get the same int, not the float.
+    int, so the fresh caller must get the same int, not the float; and jsonb
+    orders an object's keys (shorter first, then bytewise), so the fresh
+    caller gets them in that order too: serialised again, fresh and replayed
+    responses are the same bytes.
     """
-    return json.loads(text, parse_float=_jsonb_number)
+    return json.loads(text, parse_float=_jsonb_number, object_pairs_hook=_jsonb_object)
 
 
 # -- fingerprints -----------------------------------------------------------------
