@@ -44,13 +44,14 @@ from ._events import (
     probe_name,
 )
 from ._fork import track as track_fork
+from ._frameworks import defaults as framework_defaults
+from ._frameworks import transaction_guard
 from ._heartbeat import Heartbeater, Lease
 from ._logs import held_back, one_line
 from ._logs import throttle as _throttle
 from ._schema import check_compatible
 from ._support import Listener, ResponseCache, auto_fingerprint, decode_like_jsonb, default_dumps
 from ._watchdog import bounded
-from .contrib import transaction_guard
 from .errors import (
     DatabaseUnavailable,
     DocumentTooLarge,
@@ -532,8 +533,6 @@ class Sentinel:
         given = [x is not None for x in (get_conn, pool, conninfo)]
         if sum(given) == 0:
             # Sentinel() with no source: a configured framework (Django) may provide one.
-            from .contrib import framework_defaults
-
             defaults = framework_defaults()
             if defaults is None:
                 raise TypeError("Sentinel() needs one of get_conn=, pool= or conninfo= (or a configured Django)")

@@ -9,7 +9,7 @@
     }
 
 :func:`sentinel_defaults` is what ``Sentinel()`` without arguments uses (through
-``sentinel.contrib.framework_defaults``); :func:`get_sentinel` is the
+the ``sentinel.frameworks`` plug-in in ``sentinel.contrib.frameworks``); :func:`get_sentinel` is the
 process-wide ``Sentinel`` the view decorator uses unless it is given one.
 """
 
