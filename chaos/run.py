@@ -496,10 +496,14 @@ class Harness:
         ns, key, fence = str(doc["ns"]), str(doc["key"]), int(doc["fence"])
         rows = self.admin().q("select state from sentinel.executions where namespace = %s and key = %s"
                               " and fence = %s", (ns, key, fence))
-        if rows and rows[0][0] in ("completed", "failed"):
-            # The worker recorded an outcome (a planned failure, say) between being picked and the signal:
-            # it was not killed mid-run, and the recorded outcome is the checker's to judge.
-            doc["observed"] = f"recorded first ({rows[0][0]})"
+        finished = self.ledger().q("select outcome from finishes where call = %s", (doc.get("call"),))
+        if (rows and rows[0][0] in ("completed", "failed")) or finished:
+            # The function's body ended (it returned or raised: its finish is in the ledger, committed
+            # before) between the worker being picked and the signal, so it was not killed mid-run. Its
+            # recording may still be on its way: a statement sent before the SIGKILL still runs on the
+            # server (through PgBouncer it may even wait for a server connection first). What it records
+            # is the checker's to judge.
+            doc["observed"] = f"finished first ({rows[0][0] if rows else 'gone'}, ledger {finished})"
             return
         with self.cv:
             self.hold.add((ns, key))
