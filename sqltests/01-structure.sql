@@ -7,7 +7,7 @@
 \pset pager off
 
 begin;
-select plan(31);
+select plan(33);
 \ir _clock.psql
 
 -- Objects.
@@ -69,9 +69,31 @@ select is_empty(
         where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef
           and c not like 'search\_path=%' and c not like 'lock\_timeout=%' $$,
     'and sets nothing but search_path and lock_timeout');
--- Private helpers run inside the protocol functions (search_path already
--- pinned) or as triggers of the owner's writes; some leave search_path unset so
--- PostgreSQL can inline them. None may be called by anyone but the owner.
+-- Every other function pins it too: the trigger functions run with the
+-- search_path of whoever writes sentinel.executions (a DBA by hand, say), and
+-- a helper may be called by the owner directly. The two helpers on every
+-- call's path stay unpinned so PostgreSQL inlines them; their bodies name the
+-- schema of everything (migration 0010), which a hostile search_path shows.
+select is_empty(
+    $$ select p.oid::regprocedure::text from pg_proc p
+        where p.pronamespace = 'sentinel'::regnamespace
+          and not coalesce('search_path=pg_catalog, pg_temp' = any(p.proconfig), false)
+          and p.oid not in ('sentinel._now()'::regprocedure,
+                            'sentinel._acquire_result(text, sentinel.executions, timestamptz)'::regprocedure) $$,
+    'every function of schema sentinel pins search_path, trigger functions included, but the two inlined helpers');
+create schema evil;
+create function evil.always(text, text) returns boolean language sql immutable as $$ select true $$;
+create operator evil.= (leftarg = text, rightarg = text, function = evil.always);
+select sentinel.complete_v1('evil-test', 'k', (sentinel.acquire_v1('evil-test', 'k', 'o', 60000)).fence,
+                            '{"r": 1}') \g /dev/null
+create temp table evil_row as select x from sentinel.executions x where x.namespace = 'evil-test';
+set local search_path = evil, pg_catalog, public;
+create temp table evil_result as
+    select (sentinel._acquire_result('completed', r.x, pg_catalog.now())).response from pg_temp.evil_row r;
+reset search_path;  -- (pgTAP's own comparisons would meet the planted operator too)
+select is((select response from pg_temp.evil_result), '{"r": 1}'::jsonb,
+    'an operator planted in a schema of the caller''s search_path changes nothing in _acquire_result');
+-- None of the private helpers may be called by anyone but the owner.
 select is_empty(
     $$ select p.oid::regprocedure::text from pg_proc p
         where p.pronamespace = 'sentinel'::regnamespace and p.proname like '\_%'
