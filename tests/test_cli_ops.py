@@ -73,7 +73,7 @@ def test_reconcile_release_allows_a_new_attempt_and_default_actor(db: Dict[str, 
 
 
 @pytest.mark.parametrize(("argv", "code", "message"), [
-    (("reconcile", "order-2", "--release", "--reason", "x"), 1, "pass force"),
+    (("reconcile", "order-2", "--release", "--reason", "x"), 1, "pass --force to override"),
     (("reconcile", "nope", "--release", "--reason", "x"), 1, "no execution record"),
     (("reconcile", "order-1", "--as", "completed", "--response", "{bad", "--reason", "x"), 2, "not valid JSON"),
     (("reconcile", "order-1", "--as", "completed", "--reason", "x"), 2, "needs --response"),
