@@ -4,13 +4,15 @@
 # (docs/protocol.md): acquire_v1, heartbeat_v1 from a second psql in the
 # background, then complete_v1, fail_v1 or abandon_v1.
 #
-#   once.sh [-d DSN] [-n NAMESPACE] [-t TTL_MS] [-H HARD_TTL_MS] [-f FINGERPRINT] [-q] KEY -- COMMAND [ARG...]
+#   once.sh [-d DSN] [-n NAMESPACE] [-t TTL_MS] [-H HARD_TTL_MS] [-f FINGERPRINT] [-w WAIT_MS] [-q] KEY -- COMMAND [ARG...]
 #   once.sh [-d DSN] demo
 #
 # The connection is DSN (a libpq URL or key=value string), else $SENTINEL_DSN,
 # else libpq's PG* variables (PGHOST, PGPORT, PGUSER, PGDATABASE, ...).
 # Defaults: NAMESPACE "default", TTL_MS 3000, HARD_TTL_MS = TTL_MS (the
-# longest the command may take, counted from the claim).
+# longest the command may take, counted from the claim), WAIT_MS 0: with -w,
+# a key another worker is executing is asked again every 200 ms for up to
+# WAIT_MS, so the caller gets that worker's output instead of exit 200.
 #
 # The response of a key is the command's standard output, stored exactly as
 # {"stdout": "..."} (as {"stdout_base64": "..."} when it holds NUL bytes or is
@@ -39,6 +41,9 @@
 #          invalid UTF-8): the key is marked uncertain, never re-run
 #   207  the database could not be reached, or the schema is missing: nothing ran
 #   208  bad usage or a bad argument (namespace, key, TTL): nothing ran
+#   209  this role may not call a function it needs (the schema owner grants
+#          it: `select sentinel.grant_v1('<role>')`, with operator => true for
+#          reconcile and purge): nothing ran
 set -euo pipefail
 
 prog=${0##*/}
@@ -51,13 +56,15 @@ NS=default
 TTL=3000
 HARD=
 FP=
+WAIT=0
 QUIET=
 
 say() { [ -n "$QUIET" ] || printf '%s: %s\n' "$prog" "$*" >&2; }
+now_ms() { date +%s%3N; }
 die() { printf '%s: %s\n' "$prog" "$2" >&2; exit "$1"; }
 usage() {
     cat >&2 <<EOF
-usage: $prog [-d DSN] [-n NAMESPACE] [-t TTL_MS] [-H HARD_TTL_MS] [-f FINGERPRINT] [-q] KEY -- COMMAND [ARG...]
+usage: $prog [-d DSN] [-n NAMESPACE] [-t TTL_MS] [-H HARD_TTL_MS] [-f FINGERPRINT] [-w WAIT_MS] [-q] KEY -- COMMAND [ARG...]
        $prog [-d DSN] demo
 EOF
     exit 208
@@ -125,7 +132,9 @@ once() {
     # 1. acquire: claim the key and start executing, or learn its state. One
     #    round trip; a replay writes nothing. hard_ms_left is measured with the
     #    database clock (hard_expires_at - now), never this machine's.
-    local rc=0
+    local rc wait_until=$(( $(now_ms) + WAIT ))
+    while :; do
+    rc=0
     query -v ns="$NS" -v key="$key" -v owner="$owner" -v ttl="$TTL" -v hard="$HARD" -v fp="$FP" <<SQL || rc=$?
 select outcome, fence, state, attempt,
        coalesce($RESPONSE_TEXT, ''),
@@ -146,9 +155,18 @@ SQL
             grep 'ERROR:' "$work/err" >&2
             exit 208          # the server refused an argument (SN001..SN004): nothing ran
         fi
+        if grep -q 'ERROR: *42501' "$work/err"; then
+            grep 'ERROR:' "$work/err" >&2
+            die 209 "this role may not call sentinel.acquire_v1: the schema owner grants it with \`select sentinel.grant_v1('<role>')\` (or \`sentinel grant <role>\`); nothing ran"
+        fi
         grep -v '^\(CONTEXT\|LOCATION\|SQL statement\|PL/pgSQL\)' "$work/err" >&2 || true
-        die 207 "cannot acquire $NS/$key: database unavailable, schema missing or no privilege; nothing ran"
+        die 207 "cannot acquire $NS/$key: database unavailable or schema missing; nothing ran"
     fi
+    [ "${F[0]}" = alive ] && [ "$(now_ms)" -lt "$wait_until" ] || break
+    [ -n "${waiting:-}" ] || say "$NS/$key: being executed by another worker; waiting up to ${WAIT} ms"
+    waiting=1
+    sleep 0.2   # poll again: the other worker's outcome, or the key once its lease lapsed
+    done
     local outcome=${F[0]} fence=${F[1]} state=${F[2]} attempt=${F[3]}
     local response=${F[4]} error=${F[5]} hard_ms_left=${F[6]} encoding=${F[7]:-text}
 
@@ -386,13 +404,14 @@ SQL
 
 # ---------------------------------------------------------------------------
 
-while getopts 'd:n:t:H:f:qh' opt; do
+while getopts 'd:n:t:H:f:w:qh' opt; do
     case $opt in
         d) DSN=$OPTARG ;;
         n) NS=$OPTARG ;;
         t) TTL=$OPTARG ;;
         H) HARD=$OPTARG ;;
         f) FP=$OPTARG ;;
+        w) WAIT=$OPTARG ;;
         q) QUIET=1 ;;
         *) usage ;;
     esac
@@ -402,6 +421,7 @@ shift $(( OPTIND - 1 ))
 
 case $TTL in ''|*[!0-9]*) die 208 "TTL_MS must be a number of milliseconds, got '$TTL'" ;; esac
 case $HARD in *[!0-9]*) die 208 "HARD_TTL_MS must be a number of milliseconds, got '$HARD'" ;; esac
+case $WAIT in ''|*[!0-9]*) die 208 "WAIT_MS must be a number of milliseconds, got '$WAIT'" ;; esac
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/sentinel-once.XXXXXX")
 hb_pid= cmd_pid=

@@ -243,6 +243,32 @@ else
     not_ok "alive then completed" "worker exit $WRC, stdout '$(cat "$work/alive.out")'; replay exit $RC" "$(cat "$work/alive.err")"
 fi
 
+# --- 3b. -w WAIT_MS: a second caller waits for the running worker's output ---
+
+ledger="$work/ledger-wait"
+go="$work/go-wait"
+start_worker wait-1 waited-on -t 900 -H 60000 -- sh -c "echo run >> '$ledger'; while [ ! -e '$go' ]; do sleep 0.02; done; echo first"
+w=$WORKER
+wait_for "wait-1 to start" 15 state_is wait-1 "executing|executing" || true
+start_worker wait-1 waiter -w 20000 -- sh -c "echo run >> '$ledger'; echo second"
+waiter=$WORKER
+if wait_for "the waiter to poll" 15 grep -q 'waiting up to 20000 ms' "$work/waiter.err"; then
+    : > "$go"
+    join_worker "$w"; first_rc=$WRC
+    join_worker "$waiter"
+    if [ "$first_rc" = 0 ] && [ "$WRC" = 0 ] && [ "$(cat "$work/waiter.out")" = first ] \
+            && [ "$(lines "$ledger")" = 1 ]; then
+        ok "-w: a caller that meets a running key waits, then prints that run's output (the command ran once)"
+    else
+        not_ok "-w" "worker exit $first_rc, waiter exit $WRC, waiter stdout '$(cat "$work/waiter.out")', runs $(lines "$ledger")" \
+            "$(cat "$work/waiter.err")"
+    fi
+else
+    : > "$go"
+    join_worker "$w"; join_worker "$waiter"
+    not_ok "-w: the second caller never waited" "exit $WRC" "$(cat "$work/waiter.err")"
+fi
+
 # --- 4. uncertain: the worker is killed mid-run ------------------------------
 
 ledger="$work/ledger-killed"
@@ -404,6 +430,22 @@ if [ "$RC" = 0 ] && cmp -s "$work/latin" "$work/latin-fresh" && cmp -s "$work/la
     ok "output that is not UTF-8 (Latin-1): stored, and replayed byte for byte"
 else
     not_ok "Latin-1 output" "exit $RC, record $rec" "$ERR"
+fi
+
+# --- a role without the grant: exit 209, naming the grant -------------------
+
+role="sentinel_nogrant_$$"
+q -c "create role $role login" > /dev/null
+case $DSN in
+    *://*) role_dsn="$DSN$(case $DSN in *\?*) echo '&';; *) echo '?';; esac)user=$role" ;;
+    *)     role_dsn="$DSN user=$role" ;;  # in key=value strings the last keyword wins
+esac
+RC=0; "$ONCE" -d "$role_dsn" -n "$NS" nogrant-1 -- echo ran > "$work/out" 2> "$work/err" < /dev/null || RC=$?
+q -c "drop role $role" > /dev/null
+if [ "$RC" = 209 ] && grep -q "sentinel.grant_v1('<role>')" "$work/err" && [ ! -s "$work/out" ]; then
+    ok "a role without the grant: exit 209, naming grant_v1; nothing ran"
+else
+    not_ok "no grant" "exit $RC, stdout '$(cat "$work/out")'" "$(cat "$work/err")"
 fi
 
 # --- the demo runs -----------------------------------------------------------
