@@ -142,6 +142,12 @@ class Actor:
         started = threading.Event()
         go = words.event("go")
         seen: Dict[str, Any] = {}
+        loop = asyncio.get_running_loop()
+        ready = await loop.run_in_executor(None, self._ready, lambda: asyncio.run_coroutine_threadsafe(
+            client.inspect(key), loop).result(30))
+        if not ready:
+            await client.close()
+            return 0
 
         def fn(ctx: sentinel.ExecutionContext) -> Dict[str, Any]:  # sync: runs in a thread
             seen["fence"] = ctx.fence
@@ -154,7 +160,6 @@ class Actor:
         t0 = time.time()
         task = asyncio.ensure_future(client.once(key, fn, ttl_ms=self.ttl, hard_ttl_ms=self.hard,
                                                  pass_context=True, fingerprint=FINGERPRINT))
-        loop = asyncio.get_running_loop()
         began = await loop.run_in_executor(None, started.wait, 20.0)
         if not began:
             task.cancel()
@@ -183,6 +188,8 @@ class Actor:
     def fork(self, words: Words) -> int:
         client = sentinel.Sentinel(conninfo=self.cfg["dsn"], namespace=self.ns, default_ttl_ms=self.ttl,
                                    pool_size=2)
+        if not self._ready(lambda: client.inspect(self.keys[0])):
+            return 0
         self.once(client, self.keys[0])  # warm-up: an idle connection, a heartbeat thread
         key, call = self.keys[1], self.call_name()
         started = threading.Event()
@@ -222,15 +229,37 @@ class Actor:
         runner.join()
         return 0
 
-    def _proxied(self) -> tuple[Proxy, sentinel.Sentinel]:
+    def _ready(self, check: Any) -> bool:
+        """Call ``check()`` (the schema check, a live connection) until it works, for up to 20 s; else say
+        ``unready``: just after a restart the server, or PgBouncer, refuses logins for a while."""
+        deadline = time.monotonic() + 20.0
+        while True:
+            try:
+                check()
+                return True
+            except sentinel.DatabaseUnavailable as exc:
+                if time.monotonic() > deadline:
+                    say("phase", {"p": "unready", "error": str(exc)[:300]})
+                    return False
+                time.sleep(0.2)  # the server or PgBouncer is coming back
+
+    def _proxied(self) -> Optional[tuple[Proxy, sentinel.Sentinel]]:
+        """A client behind a TCP proxy, its schema checked before any fault; None (and ``unready``) when the
+        database cannot be reached yet (just after a restart, PgBouncer refuses logins for a while)."""
         proxy = Proxy(self.cfg["dsn"])
         client = sentinel.Sentinel(conninfo=proxy.dsn, namespace=self.ns, default_ttl_ms=self.ttl, pool_size=2,
                                    connect_timeout=3.0)
-        client.inspect(self.keys[0])  # the schema check, before any fault
-        return proxy, client
+        if self._ready(lambda: client.inspect(self.keys[0])):
+            return proxy, client
+        client.close()
+        proxy.close()
+        return None
 
     def hang_heartbeat(self, words: Words) -> int:
-        proxy, client = self._proxied()
+        made = self._proxied()
+        if made is None:
+            return 0
+        proxy, client = made
         key, call = self.keys[0], self.call_name()
         seen: Dict[str, Any] = {}
 
@@ -271,7 +300,10 @@ class Actor:
         return 0
 
     def drop_reply(self, words: Words) -> int:
-        proxy, client = self._proxied()
+        made = self._proxied()
+        if made is None:
+            return 0
+        proxy, client = made
         outcomes = []
         for key, statement in zip(self.keys, (b"sentinel.acquire_v", b"sentinel.complete_v")):
             proxy.drop_reply_to(statement)
