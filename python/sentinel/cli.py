@@ -26,7 +26,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def _dsn(args: argparse.Namespace) -> str:
-    given: Optional[str] = args.dsn or os.environ.get("SENTINEL_DSN") or os.environ.get("DATABASE_URL")
+    given: Optional[str] = (getattr(args, "dsn", None) or os.environ.get("SENTINEL_DSN")
+                            or os.environ.get("DATABASE_URL"))
     return given or ""  # empty: libpq reads PGHOST, PGDATABASE, ...
 
 
@@ -269,14 +270,14 @@ def cmd_purge(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write("sentinel purge: --events needs --older-than AGE (the event log has no retain_ms; "
                          "--expired is for records)\n")
         return EXIT_USAGE
+    batch: Dict[str, int] = {} if args.batch is None else {"batch_size": args.batch}  # else the library's
     with _sentinel(args) as s:
         if args.events:
-            n = s.purge_events(args.older_than, batch_size=args.batch or 10000)
-            what = "events"
+            n, what = s.purge_events(args.older_than, **batch), "events"
         elif args.expired:
-            n, what = s.purge_expired(batch_size=args.batch or 1000), f"expired records of {args.namespace}"
+            n, what = s.purge_expired(**batch), f"expired records of {args.namespace}"
         else:
-            n, what = s.purge(args.older_than, batch_size=args.batch or 1000), f"records of {args.namespace}"
+            n, what = s.purge(args.older_than, **batch), f"records of {args.namespace}"
     _emit(args, {"deleted": n, "what": what}, lambda: f"deleted {n} {what}\n", out)
     return EXIT_OK
 
@@ -409,7 +410,7 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
 
 def _where_dsn(args: argparse.Namespace) -> str:
     """When no DSN was given, say so: libpq's defaults (PGHOST, PGUSER, the OS user) are easily not meant."""
-    if getattr(args, "dsn", None) or os.environ.get("SENTINEL_DSN") or os.environ.get("DATABASE_URL"):
+    if _dsn(args):
         return ""
     seen = ", ".join(f"{k}={os.environ[k]}" for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE") if k in os.environ)
     return ("\n  (no --dsn, $SENTINEL_DSN or $DATABASE_URL was given, so libpq's defaults were used"
