@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Dict, Optional
+from typing import IO, Any, Callable, Dict, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
@@ -52,7 +52,7 @@ from tests.tcpproxy import Proxy  # noqa: E402
 
 import chaos.worker as worker_module  # noqa: E402
 import sentinel  # noqa: E402
-from chaos.worker import FINGERPRINT, Ledger, LogEvents, say  # noqa: E402
+from chaos.worker import FINGERPRINT, Ledger, forward_logs, say  # noqa: E402
 
 
 class Words:
@@ -112,6 +112,19 @@ class Actor:
         return {"outcome": outcome, "fence": r.fence, "response": r.response, "error": r.error,
                 "persisted": r.persisted}
 
+    def blocking(self, call: str, key: str, until: threading.Event, started: threading.Event,
+                 seen: Dict[str, Any]) -> Callable[[sentinel.ExecutionContext], Dict[str, Any]]:
+        """A function that records its start, says ``running``, and returns once ``until`` is set."""
+        def fn(ctx: sentinel.ExecutionContext) -> Dict[str, Any]:
+            seen["fence"] = ctx.fence
+            self.start(call, ctx)
+            say("phase", {"p": "running", "call": call, "ns": self.ns, "key": key, "fence": ctx.fence})
+            started.set()
+            until.wait(self.hard / 1000.0 + 30)
+            return self.response(call, ctx)
+
+        return fn
+
     def once(self, client: sentinel.Sentinel, key: str) -> Dict[str, Any]:
         """A plain call (the function returns at once), reported like a worker's."""
         call, t0 = self.call_name(), time.time()
@@ -149,13 +162,7 @@ class Actor:
             await client.close()
             return 0
 
-        def fn(ctx: sentinel.ExecutionContext) -> Dict[str, Any]:  # sync: runs in a thread
-            seen["fence"] = ctx.fence
-            self.start(call, ctx)
-            say("phase", {"p": "running", "call": call, "ns": self.ns, "key": key, "fence": ctx.fence})
-            started.set()
-            go.wait(self.hard / 1000.0 + 30)
-            return self.response(call, ctx)
+        fn = self.blocking(call, key, go, started, seen)  # sync: runs in a thread
 
         t0 = time.time()
         task = asyncio.ensure_future(client.once(key, fn, ttl_ms=self.ttl, hard_ttl_ms=self.hard,
@@ -194,13 +201,7 @@ class Actor:
         key, call = self.keys[1], self.call_name()
         started = threading.Event()
         never = threading.Event()  # the parent is killed while it runs
-
-        def fn(ctx: sentinel.ExecutionContext) -> Dict[str, Any]:
-            self.start(call, ctx)
-            say("phase", {"p": "running", "call": call, "ns": self.ns, "key": key, "fence": ctx.fence})
-            started.set()
-            never.wait(self.hard / 1000.0 + 30)
-            return self.response(call, ctx)
+        fn = self.blocking(call, key, never, started, {})
 
         t0 = time.time()
         runner = threading.Thread(target=lambda: self.report(call, key, t0, **self.outcome(
@@ -316,12 +317,7 @@ class Actor:
 
 def main(argv: list[str]) -> int:
     cfg: Dict[str, Any] = json.loads(argv[0])
-    import logging
-
-    logger = logging.getLogger("sentinel")
-    logger.addHandler(LogEvents())
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
+    forward_logs()
     words = Words()
     actor = Actor(cfg)
     scenario: Optional[Any] = getattr(actor, str(cfg["scenario"]), None)

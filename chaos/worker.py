@@ -419,13 +419,18 @@ class Worker:
         return 0
 
 
-def main(argv: list[str]) -> int:
-    cfg: Dict[str, Any] = json.loads(argv[0])
+def forward_logs() -> None:
+    """The library's warnings as ``event`` lines (for the worker and the actors alike)."""
     logger = logging.getLogger("sentinel")
     logger.addHandler(LogEvents())
     logger.setLevel(logging.WARNING)
     logger.propagate = False
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+
+def main(argv: list[str]) -> int:
+    cfg: Dict[str, Any] = json.loads(argv[0])
+    forward_logs()
     worker = Worker(cfg)
     run: Callable[[], int] = worker.run
     return run()
