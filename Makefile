@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
+.PHONY: help generate venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
 
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
 	@echo "make test        pytest and the pgTAP suite against a throwaway PostgreSQL"
+	@echo "make generate    write python/sentinel/_client.py from its asyncio source _client_async.py"
 	@echo "make check       ruff, mypy --strict, squawk on the migrations, the docs site (make docs)"
 	@echo "make chaos       fault injection (~2.5 min): kills, zombies, dropped backends, crash restarts, PgBouncer"
 	@echo "make bench       benchmark against floors measured in the same run (~4 min, bench/results/latest.json)"
@@ -62,8 +63,13 @@ demo: venv
 	$(PY) examples/demo.py
 
 lint: venv
-	$(PY) -m ruff check python tests examples bench chaos
+	$(PY) tools/async_to_sync.py --check
+	$(PY) -m ruff check python tests examples bench chaos tools
 	$(VENV)/bin/squawk sql/migrations/*.sql
+
+# The sync client, generated from its asyncio source (see docs/testing.md).
+generate: venv
+	$(PY) tools/async_to_sync.py
 
 # mypy --strict for every Python the package claims (requires-python >= 3.10).
 typecheck: venv

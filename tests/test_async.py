@@ -33,6 +33,9 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import sentinel
 from sentinel import (
+    AsyncExecutionContext,
+    AsyncSentinel,
+    ClientClosed,
     DatabaseUnavailable,
     DidNotHappen,
     Event,
@@ -51,7 +54,6 @@ from sentinel import (
     UncertainKey,
     Unknown,
 )
-from sentinel._async import AsyncExecutionContext, AsyncSentinel
 from test_once import Traced
 from workers import db_elapsed_ms, stored_row, wait_lease_lapsed
 
@@ -409,8 +411,10 @@ def test_closed_client_refuses_before_claiming(dsn: str, namespace: str) -> None
     async def main() -> None:
         s = AsyncSentinel(get_conn, namespace=namespace)
         await s.close()
-        with pytest.raises(RuntimeError, match="closed"):
+        with pytest.raises(ClientClosed, match="closed"):
             await s.once("after-close", _never)
+        with pytest.raises(ClientClosed, match="closed"):  # before the arguments are checked, as in Sentinel
+            await s.once("", _never)
         async with make(dsn, namespace) as other:
             assert await other.inspect("after-close") is None, "a claim was written that nothing will run"
 
@@ -605,7 +609,7 @@ def test_constructor_needs_exactly_one_source(dsn: str) -> None:
     async def get_conn() -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(dsn)
 
-    with pytest.raises(TypeError, match="exactly one"):
+    with pytest.raises(TypeError, match="needs one of get_conn=, pool= or conninfo="):
         AsyncSentinel()
     with pytest.raises(TypeError, match="exactly one"):
         AsyncSentinel(get_conn, conninfo=dsn)

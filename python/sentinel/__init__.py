@@ -13,12 +13,15 @@ alive::
 
 from __future__ import annotations
 
-from ._async import AsyncExecutionContext, AsyncSentinel, AsyncTransaction
-from ._client import ExecutionContext, LeaseLost, Result, Sentinel, Transaction, current_execution, unwrap
+from ._base import ExecutionContext, LeaseLost, Result, current_execution, unwrap
+from ._client import Sentinel, Transaction
+from ._client_async import AsyncSentinel, AsyncTransaction
 from ._events import EVENT_KINDS, DidNotHappen, Event, Happened, Observer, Probe, ProbeAnswer, UncertainKey, Unknown
+from ._io_async import AsyncExecutionContext
 from ._schema import SchemaStatus, check_compatible, init_db, migrations, required_version, sql_dir, status
 from .errors import (
     AppendOnly,
+    ClientClosed,
     DatabaseUnavailable,
     DocumentTooLarge,
     ExecutionInProgress,
@@ -98,6 +101,7 @@ __all__ = [
     "SchemaError",
     "SerializationConflict",
     "TransactionInProgress",
+    "ClientClosed",
     "UnknownRole",
     "AppendOnly",
     "KeyLocked",

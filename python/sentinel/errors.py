@@ -34,6 +34,7 @@ __all__ = [
     "PermissionDenied",
     "SchemaError",
     "TransactionInProgress",
+    "ClientClosed",
     "KeyMismatch",
     "ResultNotSerializable",
     "ExecutionInProgress",
@@ -205,6 +206,10 @@ class ForkedPool(SentinelError):
 
 class SchemaError(SentinelError):
     """The Sentinel schema is missing, older than this client needs, or differs from its files."""
+
+
+class ClientClosed(SentinelError, RuntimeError):
+    """The client was closed: it claims nothing more (a claim whose function can never run reads uncertain)."""
 
 
 class TransactionInProgress(SentinelError):

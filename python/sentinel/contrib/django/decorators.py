@@ -50,7 +50,8 @@ import logging
 import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
-from ..._client import Result, Sentinel
+from ..._base import Result
+from ..._client import Sentinel
 from ...errors import KeyMismatch, SentinelError
 from .conf import get_sentinel
 
