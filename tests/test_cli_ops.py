@@ -111,13 +111,13 @@ def test_purge_events_refuses_expired_and_honours_batch(db: Dict[str, Any], monk
     from sentinel import cli as cli_module
 
     asked: list[int] = []
-    real = sentinel.Sentinel.purge_events
+    real = sentinel.Operations.purge_events
 
-    def spy(self: sentinel.Sentinel, older_than_ms: int, *, batch_size: int = 10000) -> int:
+    def spy(self: sentinel.Operations, older_than_ms: int, *, batch_size: int = 10000) -> int:
         asked.append(batch_size)
         return real(self, older_than_ms, batch_size=batch_size)
 
-    monkeypatch.setattr(sentinel.Sentinel, "purge_events", spy)
+    monkeypatch.setattr(sentinel.Operations, "purge_events", spy)
     out = io.StringIO()
     rc = cli_module.main(["purge", "--events", "--older-than", "0s", "--batch", "3", "--json",
                           "--dsn", db["dsn"], "--namespace", "payments"], out=out)

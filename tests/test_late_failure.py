@@ -48,10 +48,10 @@ def _assert_still_uncertain(observer: sentinel.Sentinel, key: str, chunks: List[
     record = observer.inspect(key)
     assert record is not None
     assert record["state"] == "uncertain" and record["stored_state"] == "uncertain"
-    assert record["error"]["type"] == "sentinel._base.LeaseLost", record["error"]
+    assert record["error"]["type"] == "sentinel._results.LeaseLost", record["error"]
     late = [e for e in observer.events(key) if (e["details"] or {}).get("late_failure")]
     assert len(late) == 1, observer.events(key)
-    assert late[0]["details"]["error"]["type"] == "sentinel._base.LeaseLost"
+    assert late[0]["details"]["error"]["type"] == "sentinel._results.LeaseLost"
 
 
 def test_late_failure_keeps_key_uncertain(dsn: str, namespace: str, conn: psycopg.Connection[Any]) -> None:

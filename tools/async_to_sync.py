@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Generate the synchronous client from its asyncio source.
 
-``python/sentinel/_client_async.py`` is the one hand-written source of the
-once() flow; ``python/sentinel/_client.py`` is produced from it by this
-script, token by token, so comments and layout survive and a diff between the
+``python/sentinel/_client_async.py`` (with ``_wait_async.py``,
+``_run_async.py`` and ``_ops_async.py``) is the one hand-written source of the once() flow; the
+sync modules ``_client.py``, ``_wait.py``, ``_run.py`` and ``_ops.py`` are produced from
+them by this script, token by token, so comments and layout survive and a diff between the
 two shows only what differs. The rules:
 
 - ``async def``, ``async with``, ``async for`` lose ``async``; ``await`` is
@@ -33,13 +34,23 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
-PAIRS = [
-    (ROOT / "python/sentinel/_client_async.py", ROOT / "python/sentinel/_client.py"),
+PAIRS = [  # the asyncio source, the sync module generated from it, the generated module's docstring
+    ("_ops_async.py", "_ops.py",
+     "The operator calls for sync code, :class:`Operations`: inspect, list, reconcile, events, stats, purge."),
+    ("_run_async.py", "_run.py",
+     "The run and the recording of a claimed key for sync code (:class:`Runner`, under :class:`Sentinel`)."),
+    ("_wait_async.py", "_wait.py",
+     "Waiting for another worker's outcome and asking a probe, for sync code (:class:`Waiter`)."),
+    ("_client_async.py", "_client.py",
+     "The synchronous client, :class:`Sentinel`: once(), idempotent(), transaction(), the operator calls."),
 ]
+PACKAGE = ROOT / "python/sentinel"
 
 NAMES: Dict[str, str] = {
     "AsyncSentinel": "Sentinel",
     "AsyncOperations": "Operations",
+    "AsyncRunner": "Runner",
+    "AsyncWaiter": "Waiter",
     "AsyncExecutionContext": "ExecutionContext",
     "AsyncTransaction": "Transaction",
     "AsyncConnection": "Connection",
@@ -56,6 +67,9 @@ NAMES: Dict[str, str] = {
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
     "_io_async": "_io_sync",
+    "_ops_async": "_ops",
+    "_run_async": "_run",
+    "_wait_async": "_wait",
 }
 
 STRINGS: List[Tuple[str, str]] = [
@@ -64,6 +78,8 @@ STRINGS: List[Tuple[str, str]] = [
     ("await ", ""),
     ("AsyncSentinel", "Sentinel"),
     ("AsyncOperations", "Operations"),
+    ("AsyncRunner", "Runner"),
+    ("AsyncWaiter", "Waiter"),
     ("AsyncExecutionContext", "ExecutionContext"),
     ("AsyncTransaction", "Transaction"),
     ("AsyncConnectionPool", "ConnectionPool"),
@@ -72,12 +88,6 @@ STRINGS: List[Tuple[str, str]] = [
     ("async callable", "callable"),
     ("async def ", "def "),
 ]
-
-MODULE_DOC = """The synchronous client, :class:`Sentinel`: once(), idempotent(), transaction(), operator calls.
-
-Generated from ``_client_async.py``, the one hand-written source of the
-once() flow, by ``tools/async_to_sync.py``; read and change that file.
-"""
 
 _ASYNC_IF = re.compile(r"^(\s*)if True:\s*# ASYNC\s*$")
 _ELSE = re.compile(r"^(\s*)else:\s*(#.*)?$")
@@ -144,7 +154,7 @@ def _docstring(token: str) -> str:
     return token[:start + 3] + text + quote
 
 
-def convert(text: str) -> str:
+def convert(text: str, source: str = "_client_async.py", doc: str = "") -> str:
     """The sync module for the asyncio source ``text``."""
     text = select_branches(text)
     lines = text.splitlines(keepends=True)
@@ -159,7 +169,8 @@ def convert(text: str) -> str:
     edits: List[Tuple[int, int, str]] = []
     first = next(t for t in tokens if t.type not in (tokenize.COMMENT, tokenize.NL))
     if first.type == tokenize.STRING:  # the module's docstring
-        edits.append((at(first.start), at(first.end), f'"""{MODULE_DOC}"""'))
+        note = f"Generated from ``{source}`` by ``tools/async_to_sync.py``; read and change that file."
+        edits.append((at(first.start), at(first.end), f'"""{doc}\n\n{note}\n"""'))
         tokens.remove(first)
     for n, tok in enumerate(tokens):
         nxt = tokens[n + 1] if n + 1 < len(tokens) else None
@@ -178,22 +189,22 @@ def convert(text: str) -> str:
             edits.append((at(tok.start), at(tok.end), tok.string[0] + NAMES[tok.string[1:-1]] + tok.string[-1]))
     for start, end, new in sorted(edits, reverse=True):
         text = text[:start] + new + text[end:]
-    return _sorted_imports(_header(text))
+    return _sorted_imports(_header(text, source))
 
 
 def _sorted_imports(text: str) -> str:
     """The imports sorted as ``ruff`` sorts them (a branch chosen above may sit among them)."""
     done = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--select", "I001", "--fix-only", "--quiet", "--stdin-filename",
-         str(PAIRS[0][1]), "-"], input=text, capture_output=True, text=True, cwd=ROOT, check=False,
+         str(PACKAGE / "_client.py"), "-"], input=text, capture_output=True, text=True, cwd=ROOT, check=False,
     )
     if done.returncode != 0:
         raise SystemExit(f"ruff could not sort the generated imports: {done.stderr.strip()}")
     return done.stdout
 
 
-def _header(text: str) -> str:
-    note = ("# Generated from _client_async.py by tools/async_to_sync.py (make generate): do not edit.\n"
+def _header(text: str, source: str) -> str:
+    note = (f"# Generated from {source} by tools/async_to_sync.py (make generate): do not edit.\n"
             "# Change the asyncio source and regenerate; make check fails while this file is stale.\n")
     return note + text
 
@@ -203,8 +214,9 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a generated file is stale")
     args = parser.parse_args(argv)
     stale = []
-    for source, target in PAIRS:
-        wanted = convert(source.read_text())
+    for source_name, target_name, doc in PAIRS:
+        source, target = PACKAGE / source_name, PACKAGE / target_name
+        wanted = convert(source.read_text(), source_name, doc)
         have = target.read_text() if target.exists() else ""
         if wanted == have:
             continue

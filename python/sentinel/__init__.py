@@ -13,11 +13,13 @@ alive::
 
 from __future__ import annotations
 
-from ._base import ExecutionContext, LeaseLost, Result, current_execution, unwrap
 from ._client import Sentinel, Transaction
 from ._client_async import AsyncSentinel, AsyncTransaction
 from ._events import EVENT_KINDS, DidNotHappen, Event, Happened, Observer, Probe, ProbeAnswer, UncertainKey, Unknown
 from ._io_async import AsyncExecutionContext
+from ._ops import Operations
+from ._ops_async import AsyncOperations
+from ._results import ExecutionContext, LeaseLost, Result, current_execution, unwrap
 from ._schema import SchemaStatus, check_compatible, init_db, migrations, required_version, sql_dir, status
 from .errors import (
     AppendOnly,
@@ -57,6 +59,8 @@ __version__ = "0.4.0"
 __all__ = [
     "Sentinel",
     "AsyncSentinel",
+    "Operations",
+    "AsyncOperations",
     "AsyncExecutionContext",
     "AsyncTransaction",
     "Result",

@@ -4,7 +4,7 @@ This module is the one hand-written source of the once() flow, written for
 asyncio (:class:`AsyncSentinel`); ``_client.py`` (:class:`Sentinel`) is
 generated from it by ``tools/async_to_sync.py``. What is not I/O (argument
 checks, what the protocol's answers mean, events, serialisation, the cache)
-is in ``_base.ClientCore``; the I/O helpers are in ``_io_async`` (and, under
+is in ``_core.ClientCore``; the I/O helpers are in ``_io_async`` (and, under
 the same names without ``Async``, ``_io_sync``).
 """
 
@@ -13,14 +13,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-import time
-from datetime import datetime
 from typing import (
     Any,
     AsyncIterator,
     Awaitable,
     Callable,
-    Dict,
     List,
     Mapping,
     Optional,
@@ -34,59 +31,34 @@ from typing import (
 import psycopg
 from psycopg import pq
 
-from ._base import (
-    _ABANDON_SQL,
-    _ACQUIRE_SQL,
-    _COMPLETE_SQL,
-    _FAIL_SQL,
-    RETRY_RECORDING,
-    ClientCore,
-    Options,
-    RecordRetry,
-    Result,
-    TransactionState,
-    _AcquireRetry,
-    _Call,
-    _check_key,
-    _check_wait,
-    _current,
-    _log_extra,
-    _naming,
-    _no_function,
-    _not_started_document,
-    logger,
-    unwrap,
-)
 from ._conn import protocol_errors, wrap_exceptions
-from ._events import Observer, UncertainKey
+from ._core import TransactionState
+from ._events import Observer
 from ._fork import track as track_fork
-from ._frameworks import defaults as framework_defaults
 from ._io_async import (
-    AsyncExecutionContext,
     AsyncGetConn,
     AsyncHeartbeater,
-    AsyncLease,
     AsyncListener,
     AsyncProbe,
     AsyncSource,
-    call_probe,
-    check_compatible,
     fetchone,
     make_source,
-    protocol_row,
-    sleep,
-    wait_event,
 )
-from ._watchdog import bounded
-from .errors import DatabaseUnavailable, DocumentTooLarge, ReconcileRefused, SentinelError, SerializationConflict
+from ._ops_async import _one_source
+from ._options import (
+    _ACQUIRE_SQL,
+    _COMPLETE_SQL,
+    Options,
+    _check_wait,
+    _no_function,
+)
+from ._results import Result, unwrap
+from ._wait_async import AsyncWaiter
+from .errors import SentinelError
 
 if True:  # ASYNC
     import asyncio
-    import contextvars
-    import inspect
     from typing import Set
-
-    from ._io_async import is_async
 else:
     from ._frameworks import transaction_guard
 
@@ -106,7 +78,7 @@ class AsyncTransaction(TransactionState):
         return self._recorded(row, value)
 
 
-class AsyncSentinel(ClientCore):
+class AsyncSentinel(AsyncWaiter):
     """Runs functions at most once per key, coordinated through PostgreSQL.
 
     Give it one source of connections:
@@ -173,7 +145,7 @@ class AsyncSentinel(ClientCore):
     heartbeat and close a private pool.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the client's options, keyword-only and checked into Options
         self,
         get_conn: Optional[AsyncGetConn] = None,
         *,
@@ -199,18 +171,9 @@ class AsyncSentinel(ClientCore):
         poll_interval_ms: int = 100,
         reply_timeout: Optional[float] = 10.0,
     ) -> None:
-        given = sum(x is not None for x in (get_conn, pool, conninfo))
-        if given == 0:
-            # No source: a configured framework (Django) may provide one.
-            defaults = framework_defaults()
-            if defaults is None:
-                raise TypeError(f"{type(self).__name__}() needs one of get_conn=, pool= or conninfo= "
-                                "(or a configured Django)")
-            conninfo = defaults["conninfo"]
-            namespace = namespace if namespace is not None else defaults.get("namespace")
-            default_ttl_ms = default_ttl_ms if default_ttl_ms is not None else defaults.get("default_ttl_ms")
-        elif given != 1:
-            raise TypeError(f"{type(self).__name__}() needs exactly one of get_conn=, pool= or conninfo=")
+        conninfo, defaults = _one_source(type(self).__name__, get_conn, pool, conninfo)
+        namespace = namespace if namespace is not None else defaults.get("namespace")
+        default_ttl_ms = default_ttl_ms if default_ttl_ms is not None else defaults.get("default_ttl_ms")
         options = Options.checked(
             namespace=namespace, default_ttl_ms=default_ttl_ms, default_hard_ttl_ms=default_hard_ttl_ms,
             dumps=dumps, loads=loads, fingerprints=fingerprints, retain_ms=retain_ms,
@@ -246,11 +209,6 @@ class AsyncSentinel(ClientCore):
         if True:  # ASYNC
             self._tasks = set()
 
-    if True:  # ASYNC
-        async def open(self) -> None:
-            """Open the private pool of ``conninfo=`` now (otherwise the first call does)."""
-            await self._source.open()
-
     async def close(self) -> None:
         """Stop the heartbeat and the listener and close this client's own connections.
 
@@ -273,54 +231,11 @@ class AsyncSentinel(ClientCore):
         if self._listener_obj is not None:
             await self._listener_obj.close()
             self._listener_obj = None
-        await self._source.close()
-
-    async def __aenter__(self) -> AsyncSentinel:
-        if True:  # ASYNC
-            await self.open()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
-
-    async def _check_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """On first use, refuse a schema this client cannot work with, and learn the sessions' isolation."""
-        if self._schema_ok and self._isolation_known:
-            return
-        if not self._schema_ok:
-            level = (await check_compatible(conn)).isolation
-            self._schema_ok = True
-        else:  # check_schema=False: one question, once
-            with wrap_exceptions():
-                row = await fetchone(conn, "show transaction_isolation")
-            level = str(row[0]) if row else "read committed"
-        self._isolation_seen(level)
-
-    if True:  # ASYNC
-        def _keep(self, task: asyncio.Future[Any]) -> None:
-            """Hold a background task until it ends (and retrieve its exception, so none goes unnoticed)."""
-            self._tasks.add(task)
-
-            def done(t: asyncio.Future[Any]) -> None:
-                self._tasks.discard(t)
-                if not t.cancelled() and t.exception() is not None:
-                    logger.debug("background task ended with %r", t.exception())
-
-            task.add_done_callback(done)
-
-        async def _shielded(self, coro: Awaitable[T]) -> T:
-            """Run a recording to its end even if the caller is cancelled meanwhile."""
-            task = asyncio.ensure_future(coro)
-            self._keep(task)
-            return await asyncio.shield(task)
-    else:
-        def _shielded(self, value: T) -> T:
-            """What the recording returned (a thread is not cancelled under it)."""
-            return value
+        await super().close()
 
     # -- once --------------------------------------------------------------
 
-    async def once(
+    async def once(  # noqa: PLR0913 - once()'s options, keyword-only
         self,
         key: str,
         fn: Callable[..., Any],
@@ -416,408 +331,10 @@ class AsyncSentinel(ClientCore):
             result = await self._probe(probe, result, call)
         return result
 
-    async def _wait(self, call: _Call, result: Result, wait_ms: int) -> Result:
-        """Wait for another worker's outcome: NOTIFY wakes us, polling is the fallback.
 
-        The database notifies only watched keys, so once LISTEN is in place the
-        waiter registers with ``watch_v1`` and only then asks again (one
-        acquire per round), so a notification can never fall in between; it
-        removes its watcher with ``unwatch_v1`` when it stops waiting. Until
-        the listener is ready (or when LISTEN or the watch cannot work) it
-        polls every ``poll_interval_ms``, waking early as soon as LISTEN is in
-        place; it never waits for the listener beyond its own deadline.
-        """
-        deadline = time.monotonic() + wait_ms / 1000.0
-        poll_s = self.options.poll_s
-        listener = self._listener()
-        event = listener.register(call.key) if listener is not None else None
-        watch_id: Optional[int] = None
-        watch_tried = False
-        try:
-            while True:
-                if listener is not None and listener.ready.is_set() and not watch_tried:
-                    watch_tried = True
-                    watch_id = await self._watch(call.key, deadline)
-                listening = watch_id is not None and listener is not None and listener.ready.is_set()
-                if event is not None:
-                    event.clear()
-                result = await self._attempt(call)
-                if not result.execution_alive:
-                    return result
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return result
-                # With LISTEN a notification wakes us; the timeout is only a safety net.
-                pause = min(remaining, max(poll_s, 1.0) if listening else poll_s)
-                if listening and event is not None:
-                    await wait_event(event, pause)
-                elif listener is not None and not watch_tried:
-                    await wait_event(listener.ready, pause)  # poll, but watch as soon as LISTEN is in place
-                else:
-                    await sleep(pause)
-        finally:
-            if listener is not None and event is not None:
-                listener.unregister(call.key, event)
-            if watch_id is not None:
-                await self._unwatch(watch_id)
-
-    async def _watch(self, key: str, deadline: float) -> Optional[int]:
-        """Ask the database to NOTIFY ``key``'s outcome until ``deadline``; None if it cannot (then we poll)."""
-        ms = max(1, min(2_592_000_000, int((deadline - time.monotonic()) * 1000) + 1))
-        try:
-            async with self._source.connection() as conn:
-                with wrap_exceptions():
-                    row = await protocol_row(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, ms),
-                                             explicit=self._explicit_rc, timeout=self.options.reply_s)
-            return int(row[0]) if row else None
-        except SentinelError as exc:
-            logger.debug("watch_v1 failed (%s); polling instead", exc)
-            return None
-
-    async def _unwatch(self, watch_id: int) -> None:
-        try:
-            async with self._source.connection() as conn:
-                with wrap_exceptions():
-                    await protocol_row(conn, "select sentinel.unwatch_v1(%s)", (watch_id,), explicit=self._explicit_rc,
-                                       timeout=self.options.reply_s)
-        except SentinelError as exc:  # the watcher expires by itself
-            logger.debug("unwatch failed: %s", exc)
-
-    def _listener(self) -> Optional[AsyncListener]:
-        if not self.options.listen:
-            return None
-        with self._lock:
-            if self._listener_obj is None:
-                self._listener_obj = AsyncListener(self._source, self.namespace)
-            return self._listener_obj
-
-    async def _probe(self, probe: AsyncProbe, result: Result, call: _Call) -> Result:
-        """Ask ``probe`` about an uncertain key and apply its answer through reconcile_v1."""
-        record = await self.inspect(call.key) or {}
-        info = UncertainKey(self.namespace, call.key, result.fence or 0, result.attempt or 0, record)
-        try:
-            answer = await call_probe(probe, info)
-        except Exception as exc:
-            answer = self._probe_failed(probe, call, exc)
-        decision = self._probe_decision(probe, call, result, answer)
-        if decision is None:
-            return result
-        action, details = decision
-        try:
-            await self.reconcile(call.key, action=action, **details)
-        except ReconcileRefused:
-            pass  # somebody resolved the key meanwhile: what it is now is the answer
-        return await self._attempt(call)
-
-    async def _attempt(self, call: _Call) -> Result:
-        """One acquire (retried as the same call after a lost reply), and the run when it is ours."""
-        ns, key = self.namespace, call.key
-        claimed: Optional[int] = None  # our fence, from the claim until the function starts
-        begun: List[bool] = []
-        retry = _AcquireRetry(call)
-        while True:
-            try:
-                async with self._source.connection() as conn:
-                    await self._check_schema(conn)
-                    retry.asking()
-                    with _naming(ns, key), wrap_exceptions():
-                        row = await protocol_row(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
-                                                                      call.fingerprint, retry.token),
-                                                 explicit=self._explicit_rc, timeout=self.options.reply_s)
-                    retry.answered()
-                    assert row is not None
-                    outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
-                    if outcome != "acquired":
-                        return self._observed(call, outcome, fence, state, attempt, response, error, hard_at)
-                    claimed = fence
-                    self._emit("acquired", ns, key, fence, attempt, retried=retry.retries or None)
-                    deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
-                    if self._source.hold_during_fn:
-                        return await self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline, begun)
-                # A pooled connection goes back while the function runs; recording takes a fresh one.
-                return await self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline, begun)
-            except DatabaseUnavailable as exc:
-                pause = retry.after(exc, ns, key)
-                if pause is None:
-                    raise
-                await sleep(pause)
-            except SerializationConflict:
-                # The acquire was aborted with nothing written (repeatable read or
-                # serializable session): asking again is safe.
-                pause = retry.after_conflict()
-                if pause is None:
-                    raise
-                await sleep(pause)
-            except BaseException as exc:
-                if claimed is not None and not begun and not isinstance(exc, GeneratorExit):
-                    await self._shielded(self._release_unstarted(call, claimed, exc))
-                raise
-
-    async def _release_unstarted(self, call: _Call, fence: int, exc: BaseException) -> bool:
-        """Give back a claim whose function never started: a retryable failure saying so, never uncertain."""
-        ns, key = self.namespace, call.key
-        try:
-            rec = await self._record(None, _FAIL_SQL, (ns, key, fence, _not_started_document(exc), False,
-                                                       call.retain_ms), time.monotonic() + 2.0)
-        except Exception as err:  # never hide the original exception
-            rec = None
-            logger.error("could not release %s/%s: %s", ns, key, err, extra=_log_extra(ns, key, fence))
-        return self._not_started_reported(ns, key, fence, exc, rec)
-
-    async def _execute(
-        self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, fence: int, attempt: int,
-        claimed_at: datetime, hard_at: datetime, deadline: float, begun: List[bool],
-    ) -> Result:
-        """Run the function of a claimed key under its lease, then record what happened."""
-        ns, key = self.namespace, call.key
-        lease = AsyncLease(ns, key, fence, call.ttl, deadline)
-        ctx = AsyncExecutionContext(ns, key, fence, attempt, claimed_at, hard_at, lease)
-        fn_args = (ctx, *call.args) if call.pass_context else call.args
-        if True:  # ASYNC
-            pending: Optional[asyncio.Future[Any]] = None  # a sync function's run in its thread
-        self._heartbeat.register(lease)
-        token = _current.set(ctx)
-        started = time.perf_counter()
-        try:
-            begun.append(True)
-            if True:  # ASYNC
-                if is_async(call.fn):
-                    value = await call.fn(*fn_args, **call.kwargs)
-                else:
-                    loop = asyncio.get_running_loop()
-                    pending = loop.run_in_executor(
-                        None, functools.partial(contextvars.copy_context().run, call.fn, *fn_args, **call.kwargs))
-                    # Shielded: a cancelled caller leaves the thread's outcome to be recorded late.
-                    value = await asyncio.shield(pending)
-                if inspect.isawaitable(value):
-                    value = await value
-            else:
-                value = call.fn(*fn_args, **call.kwargs)
-        except Exception as exc:
-            self._heartbeat.unregister(lease)
-            took = time.perf_counter() - started
-            await self._shielded(self._record_failure(conn, call, fence, attempt, exc, took, deadline))
-            raise
-        except BaseException as exc:
-            if True:  # ASYNC
-                if pending is not None and isinstance(exc, asyncio.CancelledError):
-                    # The caller was cancelled, but a thread cannot be stopped: the
-                    # function still runs. Its lease is kept alive until the thread
-                    # really ends, then its real outcome is recorded, as if the
-                    # caller had waited; the caller gets its cancellation now.
-                    logger.info("%s/%s: the caller was cancelled while its sync function runs in a thread; "
-                                "the lease is kept until the thread ends and its outcome is recorded then",
-                                ns, key, extra=_log_extra(ns, key, fence))
-                    self._keep(asyncio.ensure_future(
-                        self._outlive(pending, lease, call, fence, attempt, hard_at, deadline, started)))
-                    raise
-            # KeyboardInterrupt, SystemExit, an async function cancelled: it may have had effects.
-            self._heartbeat.unregister(lease)
-            reason = f"interrupted by {type(exc).__name__}"
-            lease.on_lost = None  # not a loss to report: the interruption is
-            lease.lose(reason)
-            if isinstance(exc, GeneratorExit):  # the coroutine is being closed: nothing may be awaited
-                raise
-            await self._shielded(self._abandon(conn, call, fence, reason, deadline=None))
-            raise
-        finally:
-            _current.reset(token)
-        self._heartbeat.unregister(lease)
-        took = time.perf_counter() - started
-        return await self._shielded(self._complete(conn, call, value, fence, attempt, hard_at, deadline, took))
-
-    async def _record_failure(
-        self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, fence: int, attempt: int,
-        exc: Exception, took: float, deadline: float, **details: Any,
-    ) -> Optional[Tuple[Any, ...]]:
-        """Record that the function raised ``exc`` (fail_v2), with a shorter document if the DBA's cap asks."""
-        try:
-            rec = await self._record(conn, _FAIL_SQL, self._failure_params(call, fence, exc), deadline)
-        except DocumentTooLarge:  # the DBA's cap is below our document: a shorter one still records it
-            rec = await self._record(conn, _FAIL_SQL, self._failure_params(call, fence, exc, 200), deadline)
-        self._failure_reported(call, fence, attempt, took, exc, rec, **details)
-        return rec
-
-    async def _complete(
-        self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, value: Any, fence: int, attempt: int,
-        hard_at: datetime, deadline: float, took: float, **details: Any,
-    ) -> Result:
-        """Record the function's return value (complete_v2); uncertain if it cannot be stored."""
-        try:
-            text, recorded_value = self._to_json(value)
-        except Exception as exc:
-            recorded = await self._abandon(conn, call, fence, f"result not serialisable: {type(exc).__name__}: {exc}",
-                                           deadline=deadline)
-            raise self._unserialisable(call, value, exc, recorded, refused=False) from exc
-        try:
-            rec = await self._record(conn, _COMPLETE_SQL, (self.namespace, call.key, fence, text, call.retain_ms),
-                                     deadline)
-        except (psycopg.DataError, DocumentTooLarge) as exc:
-            # The database refused the JSON (a \u0000 escape in jsonb, a document over its cap).
-            recorded = await self._abandon(conn, call, fence, f"result refused by the database: {exc}",
-                                           deadline=deadline)
-            raise self._unserialisable(call, value, exc, recorded, refused=True) from exc
-        return self._completion(call, rec, recorded_value, fence, attempt, hard_at, took, **details)
-
-    if True:  # ASYNC
-        async def _outlive(
-            self, pending: asyncio.Future[Any], lease: AsyncLease, call: _Call, fence: int, attempt: int,
-            hard_at: datetime, deadline: float, started: float,
-        ) -> None:
-            """Keep renewing the lease of a sync function whose caller was cancelled; record its outcome."""
-            try:
-                value = await pending
-                if inspect.isawaitable(value):
-                    value = await value
-            except Exception as exc:
-                self._heartbeat.unregister(lease)
-                took = time.perf_counter() - started
-                await self._record_failure(None, call, fence, attempt, exc, took, deadline, caller_cancelled=True)
-                return
-            except BaseException as exc:
-                # The thread itself was interrupted, or this client is closing
-                # without it: the function may have had effects.
-                self._heartbeat.unregister(lease)
-                reason = f"interrupted by {type(exc).__name__} after its caller was cancelled"
-                lease.on_lost = None  # not a loss to report: the interruption is
-                lease.lose(reason)
-                await self._abandon(None, call, fence, reason, deadline=None)
-                if not isinstance(exc, asyncio.CancelledError):
-                    raise
-                return
-            self._heartbeat.unregister(lease)
-            took = time.perf_counter() - started
-            try:
-                await self._complete(None, call, value, fence, attempt, hard_at, deadline, took,
-                                     caller_cancelled=True)
-            except SentinelError as exc:
-                logger.warning("the outcome of %s/%s (its caller was cancelled) was not recorded: %s",
-                               self.namespace, call.key, exc, extra=_log_extra(self.namespace, call.key, fence))
-
-    async def _record(
-        self, conn: Optional[psycopg.AsyncConnection[Any]], sql: str, params: Tuple[Any, ...], deadline: float,
-    ) -> Optional[Tuple[Any, ...]]:
-        """Run a recording call, retrying on connection loss, a lock timeout or a conflict until ``deadline``.
-
-        Returns the function's row, or None if the database stayed out of reach
-        until the deadline. Other errors propagate.
-        """
-        retry = RecordRetry(deadline)
-        current = conn
-        while True:
-            try:
-                if current is not None and not current.closed and not current.broken:
-                    with wrap_exceptions():
-                        return await protocol_row(current, sql, params, explicit=self._explicit_rc,
-                                                  timeout=self.options.reply_s)
-                async with self._source.connection() as fresh:
-                    with wrap_exceptions():
-                        return await protocol_row(fresh, sql, params, explicit=self._explicit_rc,
-                                                  timeout=self.options.reply_s)
-            except RETRY_RECORDING as exc:
-                if isinstance(exc, DatabaseUnavailable):
-                    current = None  # a lock timeout or a conflict leaves the connection usable
-                pause = retry.after(exc, sql, params, _log_extra(*params[:3]))
-                if pause is None:
-                    return None
-                await sleep(pause)
-
-    async def _abandon(
-        self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, fence: int, reason: str, *,
-        deadline: Optional[float],
-    ) -> bool:
-        """Mark our execution uncertain (abandon_v1); True if the database recorded it."""
-        ns, key, reason = self.namespace, call.key, reason[:1000]
-        try:
-            rec = await self._record(conn, _ABANDON_SQL, (ns, key, fence, reason),
-                                     deadline if deadline is not None else time.monotonic())
-        except Exception as exc:  # never hide the original exception
-            logger.error("could not mark %s/%s uncertain: %s", ns, key, exc, extra=_log_extra(ns, key, fence))
-            return False
-        return self._abandon_reported(ns, key, fence, reason, rec)
 
     # -- operator calls ----------------------------------------------------
 
-    async def _rows(self, query: str, params: Tuple[Any, ...], *, check_schema: bool = False,
-                    ) -> Tuple[List[str], List[Tuple[Any, ...]]]:
-        async with self._source.connection() as conn:
-            if check_schema:
-                await self._check_schema(conn)
-            with wrap_exceptions(), bounded(conn, self.options.reply_s):
-                cur = await conn.execute(query, params)
-                rows = await cur.fetchall()
-            return [d.name for d in (cur.description or [])], [tuple(r) for r in rows]
-
-    async def inspect(self, key: str) -> Optional[Dict[str, Any]]:
-        """The execution record of ``key`` in this namespace, or None."""
-        key = _check_key(key)
-        names, rows = await self._rows("select * from sentinel.inspect_v1(%s, %s)", (self.namespace, key),
-                                       check_schema=True)
-        return dict(zip(names, rows[0])) if rows else None
-
-    async def list(self, state: Optional[str] = None, *, older_than_ms: Optional[int] = None,
-                   max_rows: int = 100, bodies: bool = False) -> List[Dict[str, Any]]:
-        """Execution records of this namespace, oldest change first, optionally by effective state.
-
-        ``response`` and ``error`` are None unless ``bodies=True`` (a record's
-        full body is :meth:`inspect`'s).
-        """
-        names, rows = await self._rows("select * from sentinel.list_v2(%s, %s, %s, %s, %s)",
-                                       (self.namespace, state, older_than_ms, max_rows, bool(bodies)))
-        return [dict(zip(names, r)) for r in rows]
-
-    async def reconcile(self, key: str, *, action: str, actor: str, reason: str, response: Any = None,
-                        error: Any = None, force: bool = False) -> Dict[str, Any]:
-        """Resolve a key as ``completed`` (with ``response``), ``failed`` or ``release`` it.
-
-        Always takes a new fence, so a late worker is fenced out; records
-        ``actor`` and ``reason``. Refuses keys that are not uncertain, failed or
-        a lapsed claim unless ``force``.
-        """
-        params = self._reconcile_params(key, action, actor, reason, response, error, force)
-        names, rows = await self._rows(
-            "select * from sentinel.reconcile_v1(%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s)", params)
-        assert rows
-        return self._reconciled(params[1], dict(zip(names, rows[0])), action, actor, reason)
-
-    async def events(self, key: str, *, max_rows: int = 1000) -> List[Dict[str, Any]]:
-        """The event log of ``key`` (newest ``max_rows``, oldest first): one row per transition."""
-        key = _check_key(key)
-        names, rows = await self._rows("select * from sentinel.events_v1(%s, %s, %s)",
-                                       (self.namespace, key, max_rows))
-        return [dict(zip(names, r)) for r in rows]
-
-    async def stats(self) -> Dict[str, Any]:
-        """Records of this namespace by effective state, the oldest uncertain, executions per minute."""
-        names, rows = await self._rows("select * from sentinel.stats_v1(%s)", (self.namespace,))
-        assert rows
-        return dict(zip(names, rows[0]))
-
-    async def _purge_loop(self, query: str, params: Tuple[Any, ...], batch_size: int) -> int:
-        total = 0
-        async with self._source.connection() as conn:
-            while True:
-                with wrap_exceptions():
-                    row = await fetchone(conn, query, params)
-                n = int(row[0]) if row else 0
-                total += n
-                if n < batch_size:
-                    return total
-
-    async def purge(self, older_than_ms: int, *, batch_size: int = 1000) -> int:
-        """Delete completed and failed records finished ``older_than_ms`` ago, in batches; returns the count."""
-        return await self._purge_loop("select sentinel.purge_v1(%s, %s, %s)",
-                                      (self.namespace, older_than_ms, batch_size), batch_size)
-
-    async def purge_expired(self, *, batch_size: int = 1000) -> int:
-        """Delete this namespace's finished records whose ``retain_ms`` has passed, in batches."""
-        return await self._purge_loop("select sentinel.purge_expired_v1(%s, %s)", (self.namespace, batch_size),
-                                      batch_size)
-
-    async def purge_events(self, older_than_ms: int, *, batch_size: int = 10000) -> int:
-        """Delete events (of every namespace) older than ``older_than_ms``, in batches; returns the count."""
-        return await self._purge_loop("select sentinel.purge_events_v1(%s, %s)", (older_than_ms, batch_size),
-                                      batch_size)
 
     # -- decorator ---------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -88,7 +89,65 @@ def renewal_bound(timeout: Optional[float], lease: Lease) -> Optional[float]:
     return None if timeout is None else min(timeout, max(1.0, round(lease.interval, 1)))
 
 
-class Heartbeater:
+class Renewals:
+    """What the heartbeat thread and the heartbeat task decide alike about a lease they could not renew."""
+
+    def unregister(self, lease: Lease) -> None:  # pragma: no cover - both heartbeats define it
+        raise NotImplementedError
+
+    def _reschedule(self, lease: Lease, delay: float) -> None:  # pragma: no cover - both heartbeats define it
+        raise NotImplementedError
+
+    def _lose(self, lease: Lease, why: str) -> None:
+        logger.warning(
+            "%s/%s lost its lease under fence %s (%s)", lease.namespace, lease.key, lease.fence, why,
+            extra={"sentinel_namespace": lease.namespace, "sentinel_key": lease.key, "sentinel_fence": lease.fence},
+        )
+        self.unregister(lease)
+        lease.lose(why)
+
+    def _cannot_connect(self, lease: Lease, exc: BaseException) -> None:
+        """The heartbeat's connection could not be opened: say so (throttled) and try the lease again soon."""
+        held = _throttle(("connect", id(self)))
+        if held is not None:
+            logger.warning("heartbeat cannot connect (%s); retrying%s", one_line(exc), held_back(held),
+                           extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence})
+        self._unreachable(lease)
+
+    def _renewal_failed(self, lease: Lease, exc: BaseException, conn: Any) -> bool:
+        """The renewal raised: say so (throttled), try again soon; True if the connection can be kept.
+
+        A lock timeout (another session holds this row) or a conflict (a
+        repeatable-read session) leaves the connection usable.
+        """
+        locked = getattr(exc, "sqlstate", None) in ("55P03", "40001", "40P01")
+        level = logging.WARNING if is_connection_loss(exc) or locked else logging.ERROR
+        held = _throttle(("renew", lease.namespace, lease.key, lease.fence))
+        if held is not None:
+            logger.log(level, "heartbeat for %s/%s failed (%s); retrying%s", lease.namespace, lease.key,
+                       one_line(exc), held_back(held), extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence})
+        self._unreachable(lease)
+        return locked and not conn.broken and not conn.closed
+
+    def _renewed(self, lease: Lease, row: Any, registered: bool) -> None:
+        """What heartbeat_v1 answered: renewed (schedule the next), or the execution is no longer ours."""
+        if row is not None and row[0]:
+            lease.lease_expires_at = row[2]
+            self._reschedule(lease, lease.interval)
+        elif registered:
+            self._lose(lease, f"state now {row[1] if row else None}")
+
+    def _unreachable(self, lease: Lease) -> None:
+        """The renewal did not reach the database: retry soon, or give up after the hard deadline."""
+        if lease.deadline is not None and time.monotonic() >= lease.deadline:
+            # No renewal can succeed past the hard deadline: tell the function,
+            # even though the database cannot be asked.
+            self._lose(lease, "hard deadline passed while the database was unreachable")
+        else:
+            self._reschedule(lease, min(lease.interval, 0.2))
+
+
+class Heartbeater(Renewals):
     """Renews the leases of every in-flight execution of one ``Sentinel``.
 
     A single daemon thread, started on first use, sleeps until the next lease is
@@ -170,31 +229,14 @@ class Heartbeater:
         with self._cond:
             return lease.id in self._leases
 
-    def _lose(self, lease: Lease, why: str) -> None:
-        logger.warning(
-            "%s/%s lost its lease under fence %s (%s)", lease.namespace, lease.key, lease.fence, why,
-            extra={"sentinel_namespace": lease.namespace, "sentinel_key": lease.key, "sentinel_fence": lease.fence},
-        )
-        self.unregister(lease)
-        lease.lose(why)
-
-    def _unreachable(self, lease: Lease) -> None:
-        """The renewal did not reach the database: retry soon, or give up after the hard deadline."""
-        if lease.deadline is not None and time.monotonic() >= lease.deadline:
-            # No renewal can succeed past the hard deadline: tell the function,
-            # even though the database cannot be asked.
-            self._lose(lease, "hard deadline passed while the database was unreachable")
-        else:
-            self._reschedule(lease, min(lease.interval, 0.2))
-
-    def _idle(self) -> bool:
-        with self._cond:
-            return not self._leases
-
     def _reschedule(self, lease: Lease, delay: float) -> None:
         with self._cond:
             if lease.id in self._leases:
                 heapq.heappush(self._heap, (time.monotonic() + delay, lease.id))
+
+    def _idle(self) -> bool:
+        with self._cond:
+            return not self._leases
 
     def _run(self) -> None:
         conn_cm: Any = None
@@ -213,44 +255,18 @@ class Heartbeater:
                             conn = conn_cm.__enter__()
                         except Exception as exc:
                             conn_cm = conn = None
-                            held = _throttle(("connect", id(self)))
-                            if held is not None:
-                                logger.warning(
-                                    "heartbeat cannot connect (%s); retrying%s", one_line(exc), held_back(held),
-                                    extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
-                                )
-                            self._unreachable(lease)
+                            self._cannot_connect(lease, exc)
                             continue
                     try:
                         row = protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence),
                                            explicit=self._explicit(), timeout=renewal_bound(self._timeout, lease))
                     except Exception as exc:
-                        # A lock timeout (another session holds this row) or a conflict (a
-                        # repeatable-read session) leaves the connection usable.
-                        locked = getattr(exc, "sqlstate", None) in ("55P03", "40001", "40P01")
-                        if not locked or conn.broken or conn.closed:
-                            # Otherwise keep the connection, and renew the other leases.
-                            if conn_cm is not None:
-                                try:
-                                    conn_cm.__exit__(type(exc), exc, exc.__traceback__)
-                                except Exception:
-                                    pass
+                        if not self._renewal_failed(lease, exc, conn):
+                            with contextlib.suppress(Exception):
+                                conn_cm.__exit__(type(exc), exc, exc.__traceback__)
                             conn_cm = conn = None
-                        level = logging.WARNING if is_connection_loss(exc) or locked else logging.ERROR
-                        held = _throttle(("renew", lease.namespace, lease.key, lease.fence))
-                        if held is not None:
-                            logger.log(
-                                level, "heartbeat for %s/%s failed (%s); retrying%s",
-                                lease.namespace, lease.key, one_line(exc), held_back(held),
-                                extra={"sentinel_key": lease.key, "sentinel_fence": lease.fence},
-                            )
-                        self._unreachable(lease)
                         continue
-                    if row is not None and row[0]:
-                        lease.lease_expires_at = row[2]
-                        self._reschedule(lease, lease.interval)
-                    elif self._registered(lease):
-                        self._lose(lease, f"state now {row[1] if row else None}")
+                    self._renewed(lease, row, self._registered(lease))
                 if conn_cm is not None and self._idle():
                     # Nothing in flight: give the connection back until needed.
                     try:

@@ -12,10 +12,10 @@ from typing import Any, Optional, Tuple
 
 import psycopg
 
-from ._base import ExecutionContext
 from ._conn import GetConn, GetConnSource, PoolSource, Source, conninfo_source, protocol_row
 from ._events import Probe, ProbeAnswer, UncertainKey
 from ._heartbeat import Heartbeater, Lease
+from ._results import ExecutionContext
 from ._schema import check_compatible
 from ._support import Listener
 

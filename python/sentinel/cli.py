@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 import psycopg
 
 from ._conn import login_refused, wrap_exceptions
+from ._ops import Operations
 from ._schema import API_VERSIONS, init_db, migrations, status
 from .errors import DatabaseUnavailable, LoginRefused, ReconcileRefused, SentinelError
 
@@ -158,10 +159,9 @@ def _json_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
 
 
-def _sentinel(args: argparse.Namespace) -> Any:
-    from ._client import Sentinel
-
-    return Sentinel(conninfo=_dsn(args), namespace=args.namespace, pool_size=1, connect_timeout=10.0)
+def _sentinel(args: argparse.Namespace) -> Operations:
+    """The operator calls on the namespace the command names (they run nothing)."""
+    return Operations(conninfo=_dsn(args), namespace=args.namespace, connect_timeout=10.0)
 
 
 def _age(now: Any, then: Any) -> str:

@@ -50,8 +50,8 @@ import logging
 import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
-from ..._base import Result
 from ..._client import Sentinel
+from ..._results import Result
 from ...errors import KeyMismatch, SentinelError
 from .conf import get_sentinel
 
@@ -189,7 +189,38 @@ def _retry_after(sentinel: Sentinel, key: str) -> int:
     return 1
 
 
-def idempotent_view(
+def _refusal(given: Optional[str], owner: Optional[str], header: str) -> Any:
+    """The 400 answer for a request whose key is missing, malformed or unscoped, or None."""
+    if given is None:
+        return _json(400, "idempotency_key_missing", f"this endpoint requires an {header} header")
+    if not _valid_key(given):
+        return _json(400, "idempotency_key_invalid",
+                     f"{header} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters")
+    if owner is None:
+        return _json(400, "idempotency_key_requires_authentication",
+                     f"{header} is accepted only from authenticated clients")
+    return None
+
+
+def _answer(result: Result, fresh: List[Any], s: Sentinel, key: str, header: str) -> Any:
+    """The HTTP answer for what once() said about the request's key."""
+    if result.execution_alive:
+        return _json(409, "request_in_progress", f"a request with this {header} is being processed; retry later",
+                     Retry_After=str(_retry_after(s, key)))
+    if result.uncertain:
+        logger.warning("%s is uncertain (fence %s): answering 409", key, result.fence)
+        return _json(409, "outcome_uncertain",
+                     f"the outcome of the request with this {header} is unknown (its processing was "
+                     "interrupted); it will not be run again until it is resolved")
+    if result.failed:
+        return _json(409, "request_failed",
+                     f"the request with this {header} failed and will not be run again; use a new key")
+    if fresh and not result.replayed:
+        return fresh[0]
+    return _replay(result.response)
+
+
+def idempotent_view(  # noqa: PLR0913 - the decorator's options, keyword-only
     view: Optional[Callable[..., Any]] = None,
     *,
     sentinel: SentinelSource = None,
@@ -247,17 +278,13 @@ def idempotent_view(
             if unprotected:
                 return fn(request, *args, **kwargs)
             given = request.headers.get(header)
-            if given is None:
-                if required:
-                    return _json(400, "idempotency_key_missing", f"this endpoint requires an {header} header")
+            if given is None and not required:
                 return fn(request, *args, **kwargs)
-            if not _valid_key(given):
-                return _json(400, "idempotency_key_invalid",
-                             f"{header} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters")
-            owner = scope(request)
-            if owner is None:
-                return _json(400, "idempotency_key_requires_authentication",
-                             f"{header} is accepted only from authenticated clients")
+            owner = scope(request) if given is not None and _valid_key(given) else None
+            refused = _refusal(given, owner, header)
+            if refused is not None:
+                return refused
+            assert given is not None and owner is not None
             s = sentinel if isinstance(sentinel, Sentinel) else (sentinel() if sentinel is not None
                                                                   else get_sentinel())
             key = record_key(str(owner), given)
@@ -280,21 +307,7 @@ def idempotent_view(
             except KeyMismatch:
                 return _json(422, "idempotency_key_reused",
                              f"this {header} was used with another request (method, path or body)")
-            if result.execution_alive:
-                return _json(409, "request_in_progress",
-                             f"a request with this {header} is being processed; retry later",
-                             Retry_After=str(_retry_after(s, key)))
-            if result.uncertain:
-                logger.warning("%s is uncertain (fence %s): answering 409", key, result.fence)
-                return _json(409, "outcome_uncertain",
-                             f"the outcome of the request with this {header} is unknown (its processing was "
-                             "interrupted); it will not be run again until it is resolved")
-            if result.failed:
-                return _json(409, "request_failed",
-                             f"the request with this {header} failed and will not be run again; use a new key")
-            if fresh and not result.replayed:
-                return fresh[0]
-            return _replay(result.response)
+            return _answer(result, fresh, s, key, header)
 
         return wrapper
 

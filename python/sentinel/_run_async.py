@@ -1,0 +1,317 @@
+"""Running a claimed key's function and recording its outcome; the asyncio source of ``_run.py``.
+
+:class:`AsyncRunner` holds the part of the once() flow between the acquire and
+the recorded outcome: the claim, the function under its lease, complete or
+fail, abandon when the outcome is unknown. :class:`AsyncSentinel` builds on it;
+``tools/async_to_sync.py`` generates the sync ``Runner`` from this file.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import (
+    Any,
+    List,
+    Optional,
+    Tuple,
+    TypeVar,
+)
+
+import psycopg
+
+from ._conn import wrap_exceptions
+from ._io_async import (
+    AsyncExecutionContext,
+    AsyncHeartbeater,
+    AsyncLease,
+    protocol_row,
+    sleep,
+)
+from ._ops_async import AsyncOperations
+from ._options import (
+    _ABANDON_SQL,
+    _ACQUIRE_SQL,
+    _COMPLETE_SQL,
+    _FAIL_SQL,
+    RETRY_RECORDING,
+    RecordRetry,
+    _AcquireRetry,
+    _Call,
+    _log_extra,
+    _naming,
+    _not_started_document,
+    logger,
+)
+from ._results import Result, _current
+from .errors import DatabaseUnavailable, DocumentTooLarge, SerializationConflict
+
+if True:  # ASYNC
+    import asyncio
+    import contextvars
+    import functools
+    import inspect
+    from typing import Awaitable, Set
+
+    from ._io_async import is_async
+    from .errors import SentinelError
+
+__all__ = ["AsyncRunner"]
+
+T = TypeVar("T")
+
+
+class AsyncRunner(AsyncOperations):
+    """The acquire, the run and the recording of one once() call (see :meth:`AsyncSentinel.once`)."""
+
+    _heartbeat: AsyncHeartbeater
+    if True:  # ASYNC
+        _tasks: Set[asyncio.Future[Any]]
+
+        def _keep(self, task: asyncio.Future[Any]) -> None:
+            """Hold a background task until it ends (and retrieve its exception, so none goes unnoticed)."""
+            self._tasks.add(task)
+
+            def done(t: asyncio.Future[Any]) -> None:
+                self._tasks.discard(t)
+                if not t.cancelled() and t.exception() is not None:
+                    logger.debug("background task ended with %r", t.exception())
+
+            task.add_done_callback(done)
+
+        async def _shielded(self, coro: Awaitable[T]) -> T:
+            """Run a recording to its end even if the caller is cancelled meanwhile."""
+            task = asyncio.ensure_future(coro)
+            self._keep(task)
+            return await asyncio.shield(task)
+    else:
+        def _shielded(self, value: T) -> T:
+            """What the recording returned (a thread is not cancelled under it)."""
+            return value
+
+    async def _attempt(self, call: _Call) -> Result:
+        """One acquire (retried as the same call after a lost reply), and the run when it is ours."""
+        ns, key = self.namespace, call.key
+        claimed: Optional[int] = None  # our fence, from the claim until the function starts
+        begun: List[bool] = []
+        retry = _AcquireRetry(call)
+        while True:
+            try:
+                async with self._source.connection() as conn:
+                    await self._check_schema(conn)
+                    retry.asking()
+                    with _naming(ns, key), wrap_exceptions():
+                        row = await protocol_row(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
+                                                                      call.fingerprint, retry.token),
+                                                 explicit=self._explicit_rc, timeout=self.options.reply_s)
+                    retry.answered()
+                    assert row is not None
+                    outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row
+                    if outcome != "acquired":
+                        return self._observed(call, outcome, fence, state, attempt, response, error, hard_at)
+                    claimed = fence
+                    self._emit("acquired", ns, key, fence, attempt, retried=retry.retries or None)
+                    deadline = time.monotonic() + max((hard_at - db_now).total_seconds(), 0.0)
+                    if self._source.hold_during_fn:
+                        return await self._execute(conn, call, fence, attempt, claimed_at, hard_at, deadline, begun)
+                # A pooled connection goes back while the function runs; recording takes a fresh one.
+                return await self._execute(None, call, fence, attempt, claimed_at, hard_at, deadline, begun)
+            except DatabaseUnavailable as exc:
+                pause = retry.after(exc, ns, key)
+                if pause is None:
+                    raise
+                await sleep(pause)
+            except SerializationConflict:
+                # The acquire was aborted with nothing written (repeatable read or
+                # serializable session): asking again is safe.
+                pause = retry.after_conflict()
+                if pause is None:
+                    raise
+                await sleep(pause)
+            except BaseException as exc:
+                if claimed is not None and not begun and not isinstance(exc, GeneratorExit):
+                    await self._shielded(self._release_unstarted(call, claimed, exc))
+                raise
+
+    async def _release_unstarted(self, call: _Call, fence: int, exc: BaseException) -> bool:
+        """Give back a claim whose function never started: a retryable failure saying so, never uncertain."""
+        ns, key = self.namespace, call.key
+        try:
+            rec = await self._record(None, _FAIL_SQL, (ns, key, fence, _not_started_document(exc), False,
+                                                       call.retain_ms), time.monotonic() + 2.0)
+        except Exception as err:  # never hide the original exception
+            rec = None
+            logger.error("could not release %s/%s: %s", ns, key, err, extra=_log_extra(ns, key, fence))
+        return self._not_started_reported(ns, key, fence, exc, rec)
+
+    async def _execute(
+        self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, fence: int, attempt: int,
+        claimed_at: datetime, hard_at: datetime, deadline: float, begun: List[bool],
+    ) -> Result:
+        """Run the function of a claimed key under its lease, then record what happened."""
+        ns, key = self.namespace, call.key
+        lease = AsyncLease(ns, key, fence, call.ttl, deadline)
+        ctx = AsyncExecutionContext(ns, key, fence, attempt, claimed_at, hard_at, lease)
+        fn_args = (ctx, *call.args) if call.pass_context else call.args
+        if True:  # ASYNC
+            pending: Optional[asyncio.Future[Any]] = None  # a sync function's run in its thread
+        self._heartbeat.register(lease)
+        token = _current.set(ctx)
+        started = time.perf_counter()
+        try:
+            begun.append(True)
+            if True:  # ASYNC
+                if is_async(call.fn):
+                    value = await call.fn(*fn_args, **call.kwargs)
+                else:
+                    loop = asyncio.get_running_loop()
+                    pending = loop.run_in_executor(
+                        None, functools.partial(contextvars.copy_context().run, call.fn, *fn_args, **call.kwargs))
+                    # Shielded: a cancelled caller leaves the thread's outcome to be recorded late.
+                    value = await asyncio.shield(pending)
+                if inspect.isawaitable(value):
+                    value = await value
+            else:
+                value = call.fn(*fn_args, **call.kwargs)
+        except Exception as exc:
+            self._heartbeat.unregister(lease)
+            took = time.perf_counter() - started
+            await self._shielded(self._record_failure(conn, call, fence, attempt, exc, took, deadline))
+            raise
+        except BaseException as exc:
+            if True:  # ASYNC
+                if pending is not None and isinstance(exc, asyncio.CancelledError):
+                    # The caller was cancelled, but a thread cannot be stopped: the
+                    # function still runs. Its lease is kept alive until the thread
+                    # really ends, then its real outcome is recorded, as if the
+                    # caller had waited; the caller gets its cancellation now.
+                    logger.info("%s/%s: the caller was cancelled while its sync function runs in a thread; "
+                                "the lease is kept until the thread ends and its outcome is recorded then",
+                                ns, key, extra=_log_extra(ns, key, fence))
+                    self._keep(asyncio.ensure_future(
+                        self._outlive(pending, lease, call, fence, attempt, hard_at, deadline, started)))
+                    raise
+            # KeyboardInterrupt, SystemExit, an async function cancelled: it may have had effects.
+            self._heartbeat.unregister(lease)
+            reason = f"interrupted by {type(exc).__name__}"
+            lease.on_lost = None  # not a loss to report: the interruption is
+            lease.lose(reason)
+            if isinstance(exc, GeneratorExit):  # the coroutine is being closed: nothing may be awaited
+                raise
+            await self._shielded(self._abandon(conn, call, fence, reason, deadline=None))
+            raise
+        finally:
+            _current.reset(token)
+        self._heartbeat.unregister(lease)
+        took = time.perf_counter() - started
+        return await self._shielded(self._complete(conn, call, value, fence, attempt, hard_at, deadline, took))
+
+    async def _record_failure(
+        self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, fence: int, attempt: int,
+        exc: Exception, took: float, deadline: float, **details: Any,
+    ) -> Optional[Tuple[Any, ...]]:
+        """Record that the function raised ``exc`` (fail_v2), with a shorter document if the DBA's cap asks."""
+        try:
+            rec = await self._record(conn, _FAIL_SQL, self._failure_params(call, fence, exc), deadline)
+        except DocumentTooLarge:  # the DBA's cap is below our document: a shorter one still records it
+            rec = await self._record(conn, _FAIL_SQL, self._failure_params(call, fence, exc, 200), deadline)
+        self._failure_reported(call, fence, attempt, took, exc, rec, **details)
+        return rec
+
+    async def _complete(
+        self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, value: Any, fence: int, attempt: int,
+        hard_at: datetime, deadline: float, took: float, **details: Any,
+    ) -> Result:
+        """Record the function's return value (complete_v2); uncertain if it cannot be stored."""
+        try:
+            text, recorded_value = self._to_json(value)
+        except Exception as exc:
+            recorded = await self._abandon(conn, call, fence, f"result not serialisable: {type(exc).__name__}: {exc}",
+                                           deadline=deadline)
+            raise self._unserialisable(call, value, exc, recorded, refused=False) from exc
+        try:
+            rec = await self._record(conn, _COMPLETE_SQL, (self.namespace, call.key, fence, text, call.retain_ms),
+                                     deadline)
+        except (psycopg.DataError, DocumentTooLarge) as exc:
+            # The database refused the JSON (a \u0000 escape in jsonb, a document over its cap).
+            recorded = await self._abandon(conn, call, fence, f"result refused by the database: {exc}",
+                                           deadline=deadline)
+            raise self._unserialisable(call, value, exc, recorded, refused=True) from exc
+        return self._completion(call, rec, recorded_value, fence, attempt, hard_at, took, **details)
+
+    if True:  # ASYNC
+        async def _outlive(
+            self, pending: asyncio.Future[Any], lease: AsyncLease, call: _Call, fence: int, attempt: int,
+            hard_at: datetime, deadline: float, started: float,
+        ) -> None:
+            """Keep renewing the lease of a sync function whose caller was cancelled; record its outcome."""
+            try:
+                value = await pending
+                if inspect.isawaitable(value):
+                    value = await value
+            except Exception as exc:
+                self._heartbeat.unregister(lease)
+                took = time.perf_counter() - started
+                await self._record_failure(None, call, fence, attempt, exc, took, deadline, caller_cancelled=True)
+                return
+            except BaseException as exc:
+                # The thread itself was interrupted, or this client is closing
+                # without it: the function may have had effects.
+                self._heartbeat.unregister(lease)
+                reason = f"interrupted by {type(exc).__name__} after its caller was cancelled"
+                lease.on_lost = None  # not a loss to report: the interruption is
+                lease.lose(reason)
+                await self._abandon(None, call, fence, reason, deadline=None)
+                if not isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
+            self._heartbeat.unregister(lease)
+            took = time.perf_counter() - started
+            try:
+                await self._complete(None, call, value, fence, attempt, hard_at, deadline, took,
+                                     caller_cancelled=True)
+            except SentinelError as exc:
+                logger.warning("the outcome of %s/%s (its caller was cancelled) was not recorded: %s",
+                               self.namespace, call.key, exc, extra=_log_extra(self.namespace, call.key, fence))
+
+    async def _record(
+        self, conn: Optional[psycopg.AsyncConnection[Any]], sql: str, params: Tuple[Any, ...], deadline: float,
+    ) -> Optional[Tuple[Any, ...]]:
+        """Run a recording call, retrying on connection loss, a lock timeout or a conflict until ``deadline``.
+
+        Returns the function's row, or None if the database stayed out of reach
+        until the deadline. Other errors propagate.
+        """
+        retry = RecordRetry(deadline)
+        current = conn
+        while True:
+            try:
+                if current is not None and not current.closed and not current.broken:
+                    with wrap_exceptions():
+                        return await protocol_row(current, sql, params, explicit=self._explicit_rc,
+                                                  timeout=self.options.reply_s)
+                async with self._source.connection() as fresh:
+                    with wrap_exceptions():
+                        return await protocol_row(fresh, sql, params, explicit=self._explicit_rc,
+                                                  timeout=self.options.reply_s)
+            except RETRY_RECORDING as exc:
+                if isinstance(exc, DatabaseUnavailable):
+                    current = None  # a lock timeout or a conflict leaves the connection usable
+                pause = retry.after(exc, sql, params, _log_extra(*params[:3]))
+                if pause is None:
+                    return None
+                await sleep(pause)
+
+    async def _abandon(
+        self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, fence: int, reason: str, *,
+        deadline: Optional[float],
+    ) -> bool:
+        """Mark our execution uncertain (abandon_v1); True if the database recorded it."""
+        ns, key, reason = self.namespace, call.key, reason[:1000]
+        try:
+            rec = await self._record(conn, _ABANDON_SQL, (ns, key, fence, reason),
+                                     deadline if deadline is not None else time.monotonic())
+        except Exception as exc:  # never hide the original exception
+            logger.error("could not mark %s/%s uncertain: %s", ns, key, exc, extra=_log_extra(ns, key, fence))
+            return False
+        return self._abandon_reported(ns, key, fence, reason, rec)
