@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 import psycopg
 
 from ._conn import login_refused, wrap_exceptions
+from ._durability import DEFAULT_FENCE_MARGIN, durability, fence_gap, resync_fences
 from ._ops import Operations
 from ._schema import API_VERSIONS, init_db, migrations, status
 from .errors import DatabaseUnavailable, LoginRefused, ReconcileRefused, SentinelError
@@ -97,14 +98,39 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
-    """Exit 1 when the schema is behind what this client needs, drifted, or incompatible."""
+    """Exit 1 when the schema is behind what this client needs, drifted, or incompatible, or the fence
+    sequence is behind the fences recorded; warn when a crash or a failover could lose claims."""
     with _connect(args) as conn:
         st = status(conn)
-    problems = st.problems()
-    data = {"ok": not problems, "problems": problems, "schema_version": st.schema_version,
-            "required_version": st.required_version}
-    _emit(args, data, lambda: "\n".join(problems or [f"ok: schema version {st.schema_version}"]) + "\n", out)
+        problems = st.problems()
+        found = durability(conn) if st.installed else None
+        gap = fence_gap(conn) if st.installed else None
+    if gap is not None:
+        problems.append(f"the fence sequence would hand out fence {gap[0]}, but fences up to {gap[1]} are recorded "
+                        "(a restore, or a logical replica, whose sequences are not replicated): run `sentinel "
+                        "resync-fences` as the schema owner before clients connect")
+    warnings = found.warnings if found is not None else []
+    data: Dict[str, Any] = {"ok": not problems, "problems": problems, "warnings": warnings,
+                            "schema_version": st.schema_version, "required_version": st.required_version,
+                            "replication": found.as_dict() if found is not None else None}
+
+    def text() -> str:
+        lines = problems or [f"ok: schema version {st.schema_version}"]
+        return "\n".join(lines + [f"warning: {w}" for w in warnings]) + "\n"
+
+    _emit(args, data, text, out)
     return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_resync_fences(args: argparse.Namespace, out: TextIO) -> int:
+    """Move the fence sequence past every fence recorded, plus a margin (after a restore or a switch to a
+    logical replica, as the schema owner, before clients connect); never moves it back."""
+    with _connect(args) as conn:
+        before, after = resync_fences(conn, args.margin)
+    _emit(args, {"next_fence_before": before, "next_fence": after, "margin": args.margin},
+          lambda: (f"next fence {after} (was {before})\n" if after != before
+                   else f"next fence {after}: already past every recorded fence plus {args.margin}\n"), out)
+    return EXIT_OK
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
@@ -290,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="sentinel",
-        description="Sentinel tools: the schema (sql, migrate, status, check, grant) and "
+        description="Sentinel tools: the schema (sql, migrate, status, check, grant, resync-fences) and "
                     "operations (list, inspect, reconcile, stats, purge).",
         epilog="Exit codes: 0 ok, 1 check or operation failed, 2 bad usage, 3 database unreachable.",
     )
@@ -322,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", parents=[common], help="exit 1 if the schema is not usable by this client",
                        description=cmd_check.__doc__)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("resync-fences", parents=[common], help="move the fence sequence past every recorded fence",
+                       description=cmd_resync_fences.__doc__)
+    p.add_argument("--margin", type=int, default=DEFAULT_FENCE_MARGIN, metavar="N",
+                   help=f"this many fences beyond the highest recorded (default {DEFAULT_FENCE_MARGIN:,}), for "
+                        "fences handed out after the restore point")
+    p.set_defaults(func=cmd_resync_fences)
 
     p = sub.add_parser("grant", parents=[common], help="grant a role what it needs", description=cmd_grant.__doc__)
     p.add_argument("role", metavar="ROLE")
