@@ -51,6 +51,12 @@ CATALOG_QUERIES: Dict[str, str] = {
     "types": """
         select t.typname, t.typtype, obj_description(t.oid, 'pg_type')
           from pg_type t where t.typnamespace = 'sentinel'::regnamespace order by 1""",
+    "triggers": """
+        select tgrelid::regclass::text, tgname, pg_get_triggerdef(oid), tgenabled
+          from pg_trigger where not tgisinternal
+           and tgrelid in (select oid from pg_class where relnamespace = 'sentinel'::regnamespace) order by 1, 2""",
+    "grantable": "select function, operator from sentinel.grantable order by 1",
+    "limits": "select name, value from sentinel.limits order by 1",
     "ledger": "select id, name, checksum from sentinel.migrations order by id",
 }
 
@@ -60,23 +66,59 @@ def catalog(dsn: str) -> Dict[str, List[Tuple[Any, ...]]]:
         return {name: [tuple(r) for r in conn.execute(q).fetchall()] for name, q in CATALOG_QUERIES.items()}
 
 
-def test_schema_sql_and_migrations_build_the_same_catalog(empty_db: Callable[[], str]) -> None:
-    from_file, from_migrations = empty_db(), empty_db()
-    with psycopg.connect(from_file, autocommit=True) as conn:
-        conn.execute((sentinel.sql_dir() / "schema.sql").read_text().encode())
-    with psycopg.connect(from_migrations, autocommit=True) as conn:
-        applied = sentinel.init_db(conn)
-    assert applied == [m.name for m in sentinel.migrations()]
-    a, b = catalog(from_file), catalog(from_migrations)
-    assert a["functions"], "the catalog query found no functions: the comparison would prove nothing"
-    for part in CATALOG_QUERIES:
-        assert a[part] == b[part], f"schema.sql and the migrations differ in {part}"
+def _psql_install(dsn: str) -> None:
+    """`psql -f sql/schema.sql`, as a DBA installs a new database by hand."""
+    from test_cli import psql
+
+    done = subprocess.run([psql(), "--single-transaction", "-v", "ON_ERROR_STOP=1", "-q", "-d", dsn,
+                           "-f", str(sentinel.sql_dir() / "schema.sql")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def _differences(a: Dict[str, List[Tuple[Any, ...]]], b: Dict[str, List[Tuple[Any, ...]]]) -> List[str]:
+    return [part for part in CATALOG_QUERIES if a[part] != b[part]]
+
+
+def test_the_current_schema_and_the_migrations_build_the_same_catalog(empty_db: Callable[[], str]) -> None:
+    """init_db on an empty database (sql/schema/), psql -f sql/schema.sql, and every migration in turn."""
+    fresh, by_psql, upgraded = empty_db(), empty_db(), empty_db()
+    with psycopg.connect(fresh, autocommit=True) as conn:
+        assert sentinel.init_db(conn) == ALL
+    _psql_install(by_psql)
+    with psycopg.connect(upgraded, autocommit=True) as conn:
+        for m in sentinel.migrations():  # one migration at a time, as the upgrades of real databases went
+            assert sentinel.init_db(conn, to=m.id) == [m.name]
+    a, b, c = catalog(fresh), catalog(by_psql), catalog(upgraded)
+    assert a["functions"] and a["triggers"] and a["grantable"], "the catalog query found nothing to compare"
+    assert _differences(a, c) == [], "sql/schema/ and the migrations build different catalogs"
+    assert _differences(b, c) == [], "sql/schema.sql and the migrations build different catalogs"
+
+
+def test_the_comparison_sees_a_changed_function_body_comment_or_grant(empty_db: Callable[[], str]) -> None:
+    """The catalog comparison can fail: one changed line in one function is enough."""
+    one, other = empty_db(), empty_db()
+    for dsn in (one, other):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            sentinel.init_db(conn)
+    assert _differences(catalog(one), catalog(other)) == []
+    with psycopg.connect(other, autocommit=True) as conn:
+        body = conn.execute("select pg_get_functiondef('sentinel.heartbeat_v1(text, text, bigint)'::regprocedure)"
+                            ).fetchone()
+        assert body is not None
+        changed = body[0].replace("$function$\n", "$function$\n-- one line more\n", 1)
+        assert changed != body[0]
+        conn.execute(changed.encode())
+    assert _differences(catalog(one), catalog(other)) == ["functions"]
+    with psycopg.connect(other, autocommit=True) as conn:
+        conn.execute("comment on table sentinel.limits is 'changed'")
+        conn.execute("insert into sentinel.grantable values ('sentinel.nothing()', false)")
+    assert _differences(catalog(one), catalog(other)) == ["relations", "functions", "grantable"]
 
 
 def test_schema_sql_records_the_checksums_of_the_migration_files(empty_db: Callable[[], str]) -> None:
     dsn = empty_db()
+    _psql_install(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute((sentinel.sql_dir() / "schema.sql").read_text().encode())
         assert sentinel.init_db(conn) == [], "init_db after schema.sql must find nothing to apply"
 
 
@@ -166,7 +208,8 @@ def test_wheel_ships_the_sql(tmp_path: Path) -> None:
         zf.extractall(tmp_path / "site")
     for m in sentinel.migrations():
         assert f"sentinel/sql/migrations/{m.name}.sql" in names
-    assert {"sentinel/sql/schema.sql", "sentinel/py.typed", "sentinel/__init__.py"} <= names
+    assert {"sentinel/sql/schema.sql", "sentinel/sql/schema/20_acquire.sql", "sentinel/py.typed",
+            "sentinel/__init__.py"} <= names
     # Imported from the wheel, the package finds its own SQL, not the checkout's.
     found = subprocess.run(
         [sys.executable, "-c", "import sentinel; print(sentinel.sql_dir())"],

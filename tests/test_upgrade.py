@@ -10,6 +10,7 @@ import pytest
 
 import sentinel
 from sentinel import SchemaError
+from test_schema import catalog
 
 NS = "upgrade"
 
@@ -39,6 +40,13 @@ def test_every_prefix_upgrades_to_head_and_keeps_keys(empty_db: Callable[[], str
         fences = _setup_keys(conn)
         applied = sentinel.init_db(conn)
         assert applied == [m.name for m in sentinel.migrations() if m.id > prefix]
+    fresh = empty_db()
+    with psycopg.connect(fresh, autocommit=True) as conn:
+        sentinel.init_db(conn)  # the current schema, sql/schema/
+    upgraded, installed = catalog(dsn), catalog(fresh)
+    assert [part for part in installed if installed[part] != upgraded[part]] == [], (
+        f"upgrading from version {prefix} ends in another catalog than a new install")
+    with psycopg.connect(dsn, autocommit=True) as conn:
 
         with sentinel.Sentinel(conninfo=dsn, namespace=NS) as s:
             replay = s.once("done", lambda: pytest.fail("a completed key must replay"))

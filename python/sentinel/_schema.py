@@ -31,7 +31,7 @@ MIGRATE_HINT = "run `sentinel migrate --dsn <this database>` (or sentinel.init_d
 
 
 def sql_dir() -> Path:
-    """The folder holding ``schema.sql`` and ``migrations/``.
+    """The folder holding ``schema/`` (the current schema), ``schema.sql`` and ``migrations/``.
 
     Inside a wheel it is ``sentinel/sql``; in a source checkout, the top-level
     ``sql/`` folder of the repository.
@@ -84,6 +84,26 @@ def migrations(folder: Optional[Path] = None) -> List[Migration]:
     if ids != list(range(1, len(ids) + 1)):
         raise SchemaError(f"migration numbers must run 1..N without gaps, found {ids}")
     return found
+
+
+def schema_files(folder: Optional[Path] = None) -> List[Path]:
+    """The current schema, one file per part of the protocol (``sql/schema/*.sql``), in the order to apply."""
+    found = sorted(((folder or sql_dir()) / "schema").glob("[0-9][0-9]_*.sql"))
+    if not found:
+        raise SchemaError(f"Sentinel's schema files are missing from {(folder or sql_dir()) / 'schema'}")
+    return found
+
+
+def _install_current(conn: psycopg.Connection[Any], mine: List[Migration]) -> None:
+    """Install the current schema (``sql/schema/``) on an empty database, recording every migration, at once."""
+    with conn.transaction():
+        conn.execute("set local lock_timeout = '10s'")
+        conn.execute("set local statement_timeout = '60s'")
+        for path in schema_files():
+            conn.execute(path.read_text(encoding="utf-8").encode("utf-8"), prepare=False)
+        with conn.cursor() as cur:
+            cur.executemany("insert into sentinel.migrations (id, name, checksum) values (%s, %s, %s)",
+                            [(m.id, m.name, m.checksum) for m in mine])
 
 
 def required_version(folder: Optional[Path] = None) -> int:
@@ -267,9 +287,12 @@ def check_compatible(conn: psycopg.Connection[Any]) -> SchemaStatus:
 def init_db(conn: psycopg.Connection[Any], *, to: Optional[int] = None) -> List[str]:
     """Install or upgrade the Sentinel schema in the database of ``conn``.
 
-    Applies every pending migration (up to and including ``to``, when given),
-    each in its own transaction together with its row in
-    ``sentinel.migrations`` (id, name, SHA-256 checksum). Safe to call many
+    On an empty database (and without ``to``) it installs the current schema,
+    ``sql/schema/*.sql``, in one transaction and records every migration in
+    ``sentinel.migrations``. Otherwise it applies every pending migration (up
+    to and including ``to``, when given), each in its own transaction
+    together with its row in ``sentinel.migrations`` (id, name, SHA-256
+    checksum). Both paths end in the same catalog. Safe to call many
     times and from several processes at once: installers are serialised by an
     advisory lock, and a second one finds nothing to do.
 
@@ -298,6 +321,12 @@ def init_db(conn: psycopg.Connection[Any], *, to: Optional[int] = None) -> List[
                 logger.info("the database has migrations this client does not know (%s); it still "
                             "provides the protocol versions of this client, nothing to do", ", ".join(st.unknown))
             applied = {a.id for a in st.applied}
+            if to is None and not st.installed and not applied:
+                # An empty database: the current schema in one transaction, the same catalog as
+                # every migration in turn (tests/test_schema.py compares them).
+                _install_current(conn, todo)
+                logger.info("installed schema version %s", todo[-1].id if todo else 0)
+                return [m.name for m in todo]
             for m in todo:
                 if m.id in applied:
                     continue

@@ -1,0 +1,148 @@
+-- Sentinel schema, current state: the schema, its tables, sequence and indexes.
+--
+-- sql/schema/*.sql is the whole current schema, one file per part of the
+-- protocol, applied in file order by init_db on an empty database. Existing
+-- databases are upgraded by sql/migrations/ instead; a test proves that both
+-- paths build the same catalog. A change to the schema is a new migration AND
+-- the same change here.
+
+create schema sentinel;
+
+comment on schema sentinel is
+    'Sentinel: at-most-once execution coordination. Call the functions; the tables are not an interface.';
+
+-- The migration ledger: the installer records every applied migration here (a
+-- database installed from these files records all of them at once).
+create table sentinel.migrations (
+    id          integer primary key,
+    name        text not null unique,
+    checksum    text not null,
+    applied_at  timestamptz not null default pg_catalog.clock_timestamp(),
+    applied_by  text not null default current_user
+);
+
+comment on table sentinel.migrations is
+    'Applied Sentinel migrations: one row per file, with the SHA-256 of its text.';
+
+-- Fences come from one sequence, so a key never sees a fence twice, even after
+-- its row was purged and the key claimed again.
+create sequence sentinel.fence_seq as bigint minvalue 1 no cycle;
+
+comment on sequence sentinel.fence_seq is
+    'Source of fences: strictly increasing for every key over its whole life, never reused.';
+
+create table sentinel.executions (
+    namespace         text        not null,
+    key               text        not null,
+    state             text        not null,
+    fence             bigint      not null,
+    owner             text,
+    attempt           integer     not null,
+    fingerprint       text,
+    ttl_ms            bigint      not null,
+    claimed_at        timestamptz not null,
+    started_at        timestamptz,
+    lease_expires_at  timestamptz not null,
+    hard_expires_at   timestamptz not null,
+    finished_at       timestamptz,
+    response          jsonb,
+    error             jsonb,
+    error_permanent   boolean     not null default false,
+    uncertain_reason  text,
+    reconciled_by     text,
+    reconciled_at     timestamptz,
+    reconcile_reason  text,
+    updated_at        timestamptz not null,
+    retain_until      timestamptz,
+    claim_token       text,
+    constraint executions_pkey primary key (namespace, key),
+    constraint executions_state_check
+        check (state in ('claimed', 'executing', 'completed', 'failed', 'uncertain')),
+    constraint executions_fence_check check (fence > 0),
+    constraint executions_attempt_check check (attempt > 0),
+    constraint executions_ttl_check check (ttl_ms > 0),
+    -- Invariant 6: no lease reaches past the hard deadline.
+    constraint executions_lease_within_hard_check check (lease_expires_at <= hard_expires_at),
+    constraint executions_completed_has_response_check
+        check (state <> 'completed' or response is not null)
+) with (fillfactor = 80);
+
+comment on table sentinel.executions is
+    'One row per (namespace, key): state, fence, lease, hard deadline, response or error. '
+    'Private: written only by the sentinel functions. fillfactor 80 leaves room for HOT updates.';
+
+comment on column sentinel.executions.retain_until is
+    'When set (complete_v2/fail_v2 with retain_ms), purge_expired_v1 may delete the finished record from then on.';
+
+comment on column sentinel.executions.claim_token is
+    'The token of the call that holds the current claim (acquire_v2), so that its retry is recognised; never returned.';
+
+-- Nobody but the owner reads or writes the tables: roles call the functions.
+revoke all on table sentinel.migrations, sentinel.executions from public;
+revoke all on sequence sentinel.fence_seq from public;
+
+-- What grant_v1 hands out: a row per public function (see 50_operations.sql).
+create table sentinel.grantable (
+    function  text    primary key,
+    operator  boolean not null
+);
+
+comment on table sentinel.grantable is
+    'Functions grant_v1 grants: operator false for every application role, true only with operator => true.';
+
+revoke all on table sentinel.grantable from public;
+
+create table sentinel.events (
+    id          bigint generated always as identity primary key,
+    namespace   text        not null,
+    key         text        not null,
+    fence       bigint      not null,
+    from_state  text,
+    to_state    text        not null,
+    owner       text,
+    actor       text,
+    reason      text,
+    at          timestamptz not null,
+    details     jsonb       not null default '{}'
+);
+
+comment on table sentinel.events is
+    'Append-only log: one row per transition of an execution record, written by a trigger in the same transaction. '
+    'from_state NULL means the key had no record. actor: the owner for protocol calls, the operator for reconciles. '
+    'Only purge_events_v1 deletes rows.';
+
+create index events_key_idx on sentinel.events (namespace, key, id);
+
+-- Rows arrive in time order: a BRIN index serves time ranges for almost nothing.
+create index events_at_idx on sentinel.events using brin (at);
+
+revoke all on table sentinel.events from public;
+
+create table sentinel.watchers (
+    id          bigint generated always as identity primary key,
+    namespace   text        not null,
+    key         text        not null,
+    expires_at  timestamptz not null
+);
+
+comment on table sentinel.watchers is
+    'Callers waiting for a key''s outcome (watch_v1). A transition of a key with a live watcher sends NOTIFY.';
+
+create index watchers_key_idx on sentinel.watchers (namespace, key);
+
+revoke all on table sentinel.watchers from public;
+
+create table sentinel.limits (
+    name   text primary key,
+    value  bigint not null,
+    constraint limits_known check (name in ('max_response_bytes', 'max_error_bytes')),
+    constraint limits_range check (value between 1024 and 268435455)
+);
+
+comment on table sentinel.limits is
+    'Caps a DBA may change: max_response_bytes and max_error_bytes, the largest jsonb document (pg_column_size) '
+    'complete_v1/v2 and fail_v1/v2 accept.';
+
+insert into sentinel.limits (name, value) values ('max_response_bytes', 1048576), ('max_error_bytes', 65536);
+
+revoke all on table sentinel.limits from public;
