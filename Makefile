@@ -65,6 +65,7 @@ demo: venv
 lint: venv
 	$(PY) tools/async_to_sync.py --check
 	$(PY) tools/build_schema.py --check
+	$(PY) tools/gen_protocol.py --check
 	$(PY) -m ruff check python tests examples bench chaos tools
 	$(VENV)/bin/squawk sql/migrations/*.sql
 

@@ -25,14 +25,21 @@
 // itself uses the same pool.
 
 import crypto from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 
 import pg from 'pg';
 
+// The protocol's limits and SQLSTATEs, defined once for every client (sql/protocol.json).
+const PROTOCOL = JSON.parse(readFileSync(new URL('../../sql/protocol.json', import.meta.url), 'utf8'));
+const LIMITS = PROTOCOL.limits;
+
 export const API_VERSION = 1;
-export const MAX_KEY_BYTES = 1024;
-export const MAX_TTL_MS = 2_592_000_000; // 30 days
-const NAMESPACE_RE = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
+export const MAX_KEY_BYTES = LIMITS.max_key_bytes;
+export const MAX_TTL_MS = LIMITS.max_ttl_ms;
+const MAX_REASON_CHARS = LIMITS.max_reason_chars;
+const MAX_FINGERPRINT_CHARS = LIMITS.max_fingerprint_chars;
+const NAMESPACE_RE = new RegExp(LIMITS.namespace_pattern);
 
 // --- errors -----------------------------------------------------------------
 
@@ -73,11 +80,7 @@ export class ResultNotSerializable extends SentinelError {
 export class ProtocolError extends SentinelError {
   constructor(message, props) { super(message, props); this.name = ProtocolError.names[props.code] ?? 'ProtocolError'; }
 
-  static names = {
-    SN001: 'InvalidKey', SN002: 'InvalidNamespace', SN003: 'InvalidTTL', SN004: 'InvalidText',
-    SN005: 'InvalidFence', SN006: 'InvalidOption', SN007: 'ExecutionNotFound', SN008: 'ReconcileRefused',
-    SN009: 'InvalidResponse', SN011: 'NotBegun', SN012: 'UnknownRole',
-  };
+  static names = Object.fromEntries(Object.entries(PROTOCOL.sqlstates).map(([code, e]) => [code, e.class]));
 }
 
 /** True for errors that mean "the connection failed or broke", not "the database said no". */
@@ -273,8 +276,8 @@ export async function once(pool, {
   const hard = hardTtlMs ?? ttlMs;
   checkTtl('hardTtlMs', hard);
   if (hard < ttlMs) throw new ProtocolError(`hardTtlMs (${hard}) must be >= ttlMs (${ttlMs})`, { code: 'SN003' });
-  if (fingerprint !== null && (typeof fingerprint !== 'string' || fingerprint === '' || fingerprint.length > 200)) {
-    throw new ProtocolError('fingerprint must be a string of 1 to 200 characters', { code: 'SN004' });
+  if (fingerprint !== null && (typeof fingerprint !== 'string' || fingerprint === '' || fingerprint.length > MAX_FINGERPRINT_CHARS)) {
+    throw new ProtocolError(`fingerprint must be a string of 1 to ${MAX_FINGERPRINT_CHARS} characters`, { code: 'SN004' });
   }
 
   await checkSchema(pool);
@@ -342,7 +345,7 @@ export async function once(pool, {
     if (typeof text !== 'string') throw new TypeError(`JSON.stringify returned ${typeof text}`);
     recorded = JSON.parse(text);
   } catch (err) {
-    const marked = await abandon(`result not serialisable: ${err.name}: ${err.message}`.slice(0, 1000));
+    const marked = await abandon(`result not serialisable: ${err.name}: ${err.message}`.slice(0, MAX_REASON_CHARS));
     throw new ResultNotSerializable(
       `${namespace}/${key}: the function ran but its result could not be serialised to JSON (${err.message}); ` +
       'the key is marked uncertain and will not run again until reconciled',
@@ -355,7 +358,7 @@ export async function once(pool, {
   } catch (err) {
     if (typeof err?.code === 'string' && err.code.startsWith('22')) {
       // PostgreSQL refused the JSON (say a \u0000 escape in jsonb).
-      const marked = await abandon(`result refused by the database: ${err.message}`.slice(0, 1000));
+      const marked = await abandon(`result refused by the database: ${err.message}`.slice(0, MAX_REASON_CHARS));
       throw new ResultNotSerializable(
         `${namespace}/${key}: the function ran but PostgreSQL refused its result as jsonb (${err.message}); ` +
         'the key is marked uncertain and will not run again until reconciled',

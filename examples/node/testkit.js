@@ -28,9 +28,10 @@ export function makePool(max = 6) {
 }
 
 /**
- * Installs the schema from sql/schema.sql when the database has none, under
- * the installers' advisory lock (the one sentinel.init_db takes), so parallel
- * test files and other installers never race.
+ * Installs the current schema (sql/schema/*.sql, in order) when the database
+ * has none, and records every migration with the checksum of its file, as
+ * sentinel.init_db does; under the installers' advisory lock (the one init_db
+ * takes), so parallel test files and other installers never race.
  */
 export async function ensureSchema(pool) {
   const client = await pool.connect();
@@ -38,7 +39,18 @@ export async function ensureSchema(pool) {
     await client.query('begin');
     await client.query("select pg_advisory_xact_lock(hashtext('sentinel.init_db'))");
     const { rows } = await client.query("select to_regnamespace('sentinel') is null as missing");
-    if (rows[0].missing) await client.query(fs.readFileSync(path.join(ROOT, 'sql', 'schema.sql'), 'utf8'));
+    if (rows[0].missing) {
+      const dir = path.join(ROOT, 'sql', 'schema');
+      for (const name of fs.readdirSync(dir).filter((n) => /^\d\d_.*\.sql$/.test(n)).sort()) {
+        await client.query(fs.readFileSync(path.join(dir, name), 'utf8'));
+      }
+      const migrations = path.join(ROOT, 'sql', 'migrations');
+      for (const name of fs.readdirSync(migrations).filter((n) => n.endsWith('.sql')).sort()) {
+        const text = fs.readFileSync(path.join(migrations, name), 'utf8');
+        await client.query('insert into sentinel.migrations (id, name, checksum) values ($1, $2, $3)',
+          [Number(name.slice(0, 4)), name.slice(0, -4), crypto.createHash('sha256').update(text, 'utf8').digest('hex')]);
+      }
+    }
     await client.query('commit');
   } catch (err) {
     await client.query('rollback').catch(() => {});

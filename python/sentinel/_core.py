@@ -22,6 +22,8 @@ from ._events import (
 )
 from ._heartbeat import Lease
 from ._options import (
+    MAX_FINGERPRINT_CHARS,
+    MAX_REASON_CHARS,
     Options,
     _Call,
     _check_key,
@@ -170,10 +172,11 @@ class ClientCore:
             fp = None
         elif fingerprint is None or fingerprint is True:
             fp = auto_fingerprint(args, kw) if (self.options.fingerprints or fingerprint is True) else None
-        elif isinstance(fingerprint, str) and 0 < len(fingerprint) <= 200:
+        elif isinstance(fingerprint, str) and 0 < len(fingerprint) <= MAX_FINGERPRINT_CHARS:
             fp = fingerprint
         else:
-            raise InvalidText("fingerprint must be a str of 1 to 200 characters, True, False or None")
+            raise InvalidText(f"fingerprint must be a str of 1 to {MAX_FINGERPRINT_CHARS} characters, True, False "
+                              "or None")
         retain = self.options.retain_ms if retain_ms is None else _check_retain(retain_ms)
         if not isinstance(permanent, tuple) or not all(isinstance(t, type) and issubclass(t, BaseException)
                                                        for t in permanent):
@@ -335,7 +338,7 @@ class ClientCore:
         if isinstance(answer, Happened):
             return "completed", {"response": answer.response, "actor": actor, "reason": "probe: the effect happened"}
         if isinstance(answer, DidNotHappen):
-            return "release", {"actor": actor, "reason": f"probe: {answer.reason}"[:1000]}
+            return "release", {"actor": actor, "reason": f"probe: {answer.reason}"[:MAX_REASON_CHARS]}
         self._emit("uncertain", self.namespace, call.key, result.fence, result.attempt,
                    reason=getattr(answer, "reason", "unknown"), probe=actor)
         return None

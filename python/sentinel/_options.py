@@ -29,10 +29,19 @@ __all__ = ["Options", "RecordRetry"]
 
 logger = logging.getLogger("sentinel")
 
-MAX_KEY_BYTES = 1024
-MAX_TTL_MS = 2_592_000_000  # 30 days
-MAX_RETAIN_MS = 3_153_600_000_000  # 100 years
-NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
+# -- generated from sql/protocol.json by tools/gen_protocol.py: do not edit by hand --
+#: The protocol's limits, as the SQL functions enforce them (sql/protocol.json).
+MAX_KEY_BYTES = 1_024
+NAMESPACE_PATTERN = '^[a-z0-9][a-z0-9_.-]{0,62}$'
+MAX_TTL_MS = 2_592_000_000
+MAX_RETAIN_MS = 3_153_600_000_000
+MAX_OWNER_CHARS = 200
+MAX_ACTOR_CHARS = 200
+MAX_REASON_CHARS = 1_000
+MAX_FINGERPRINT_CHARS = 200
+MAX_ROWS = 10_000
+# -- end of the generated part --
+NAMESPACE_RE = re.compile(NAMESPACE_PATTERN)
 
 _ACQUIRE_SQL = (
     "select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at,"
@@ -128,7 +137,7 @@ def _check_key(key: Any) -> str:
 
 
 def _check_namespace(namespace: Any) -> str:
-    if not isinstance(namespace, str) or not NAMESPACE_RE.match(namespace):
+    if not isinstance(namespace, str) or not NAMESPACE_RE.fullmatch(namespace):
         raise InvalidNamespace(
             f"invalid namespace {namespace!r}: use 1 to 63 characters of a-z, 0-9, '_', '.' or '-', "
             "starting with a letter or digit"

@@ -34,6 +34,7 @@ from ._options import (
     _ACQUIRE_SQL,
     _COMPLETE_SQL,
     _FAIL_SQL,
+    MAX_REASON_CHARS,
     RETRY_RECORDING,
     RecordRetry,
     _AcquireRetry,
@@ -307,7 +308,7 @@ class AsyncRunner(AsyncOperations):
         deadline: Optional[float],
     ) -> bool:
         """Mark our execution uncertain (abandon_v1); True if the database recorded it."""
-        ns, key, reason = self.namespace, call.key, reason[:1000]
+        ns, key, reason = self.namespace, call.key, reason[:MAX_REASON_CHARS]
         try:
             rec = await self._record(conn, _ABANDON_SQL, (ns, key, fence, reason),
                                      deadline if deadline is not None else time.monotonic())

@@ -66,6 +66,9 @@ class InvalidArgument(SentinelError, ValueError):
     """An argument is outside what Sentinel accepts; nothing was run or written."""
 
 
+# -- generated from sql/protocol.json by tools/gen_protocol.py: do not edit by hand --
+
+
 class InvalidKey(InvalidArgument):
     """Empty key, key with a NUL character, or key over 1024 UTF-8 bytes (SQLSTATE SN001)."""
 
@@ -138,6 +141,22 @@ class AppendOnly(SentinelError):
     sqlstate = "SN013"
 
 
+class DocumentTooLarge(InvalidArgument):
+    """A response or error document over its cap in ``sentinel.limits`` (SQLSTATE SN015); nothing was recorded.
+
+    The caps (``max_response_bytes``, default 1 MiB; ``max_error_bytes``,
+    default 64 KiB) are the DBA's to change. ``once()`` raises
+    :class:`ResultNotSerializable` for a result over the cap (the key is
+    marked uncertain: the function ran) and stores a shortened error document
+    for an exception.
+    """
+
+    sqlstate = "SN015"
+
+
+# -- end of the generated part --
+
+
 class PermissionDenied(SentinelError, PermissionError):
     """The database role may not call a Sentinel function (SQLSTATE 42501).
 
@@ -178,19 +197,6 @@ class SerializationConflict(SentinelError):
     retries such a call and raises this only if it keeps conflicting; set the
     role's default back to read committed.
     """
-
-
-class DocumentTooLarge(InvalidArgument):
-    """A response or error document over its cap in ``sentinel.limits`` (SQLSTATE SN015); nothing was recorded.
-
-    The caps (``max_response_bytes``, default 1 MiB; ``max_error_bytes``,
-    default 64 KiB) are the DBA's to change. ``once()`` raises
-    :class:`ResultNotSerializable` for a result over the cap (the key is
-    marked uncertain: the function ran) and stores a shortened error document
-    for an exception.
-    """
-
-    sqlstate = "SN015"
 
 
 class ForkedPool(SentinelError):

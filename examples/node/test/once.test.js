@@ -3,6 +3,7 @@
 // wait polls a real condition with a deadline.
 
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 
 import {
@@ -257,5 +258,18 @@ describe('once()', () => {
     for (const [opts, name] of cases) {
       await assert.rejects(once(pool, { ...opts, fn }), (err) => err instanceof ProtocolError && err.name === name);
     }
+  });
+
+  test('every SQLSTATE of the protocol table has its name, as in Python', T, async () => {
+    const table = JSON.parse(readFileSync(new URL('../../../sql/protocol.json', import.meta.url), 'utf8'));
+    for (const [code, entry] of Object.entries(table.sqlstates)) {
+      assert.equal(new ProtocolError('x', { code }).name, entry.class, code);
+    }
+    // one the database raises: an update of the append-only event log
+    const { rows } = await pool.query("select count(*)::int as n from sentinel.events");
+    assert.ok(rows[0].n >= 0);
+    await assert.rejects(
+      pool.query("update sentinel.events set reason = 'rewritten'").catch((err) => { throw new ProtocolError(err.message, { code: err.code }); }),
+      (err) => err.name === 'AppendOnly');
   });
 });
