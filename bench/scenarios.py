@@ -1250,6 +1250,104 @@ def s10_eventlog(ctx: Ctx) -> List[Row]:
     ]
 
 
+_SERVER_LOOP = """
+do $bench$
+declare
+    ns constant text := %(ns)s;
+    n constant integer := %(n)s;
+    r constant integer := %(round)s;
+    t0 timestamptz;
+    f bigint;
+    fences bigint[] := '{}';
+    i integer;
+begin
+    -- floor: insert a row and update it (3 columns)
+    t0 := clock_timestamp();
+    for i in 1..n loop
+        insert into bench_floor values (r * n + i, 'x', now());
+        update bench_floor set v = 'y' where id = r * n + i;
+    end loop;
+    insert into pg_temp.bench_times values (r, 'floor_write', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
+    -- floor: one primary-key read
+    t0 := clock_timestamp();
+    for i in 1..n loop
+        perform v from bench_floor where id = r * n + i;
+    end loop;
+    insert into pg_temp.bench_times values (r, 'floor_read', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
+    -- floor: one update of a row by primary key
+    t0 := clock_timestamp();
+    for i in 1..n loop
+        update bench_floor set v = 'z' where id = r * n + i;
+    end loop;
+    insert into pg_temp.bench_times values (r, 'floor_update', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
+    -- acquire_v2 of a fresh key
+    t0 := clock_timestamp();
+    for i in 1..n loop
+        select a.fence into f from sentinel.acquire_v2(ns, 'a-' || r || '-' || i, 'bench', 30000, 30000, true,
+                                                       null, null) a;
+        fences[i] := f;
+    end loop;
+    insert into pg_temp.bench_times values (r, 'acquire', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
+    -- heartbeat_v1 of those live executions
+    t0 := clock_timestamp();
+    for i in 1..n loop
+        perform sentinel.heartbeat_v1(ns, 'a-' || r || '-' || i, fences[i]);
+    end loop;
+    insert into pg_temp.bench_times values (r, 'heartbeat', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
+    -- a fresh once(): acquire_v2 and complete_v2
+    t0 := clock_timestamp();
+    for i in 1..n loop
+        select a.fence into f from sentinel.acquire_v2(ns, 'o-' || r || '-' || i, 'bench', 30000, 30000, true,
+                                                       null, null) a;
+        perform sentinel.complete_v2(ns, 'o-' || r || '-' || i, f, '{"ok": true}'::jsonb, null);
+    end loop;
+    insert into pg_temp.bench_times values (r, 'once', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
+    -- a replay: acquire_v2 of those completed keys
+    t0 := clock_timestamp();
+    for i in 1..n loop
+        perform sentinel.acquire_v2(ns, 'o-' || r || '-' || i, 'bench', 30000, 30000, true, null, null);
+    end loop;
+    insert into pg_temp.bench_times values (r, 'replay', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
+end
+$bench$
+"""
+
+
+def s11_server(ctx: Ctx) -> List[Row]:
+    """The database's own work per call: the protocol functions in a PL/pgSQL loop against floors, no round trips."""
+    p = ctx.params
+    n, rounds = (50, 3) if p.quick else (200, 12)
+    ns = f"s11-{ctx.run_id}"[:60]
+    with _connect(ctx.dsn) as c:
+        c.execute("create temp table bench_times (round integer, what text, ns_per_call float8)")
+        # A logged table like sentinel.executions, created outside the measured transaction (a temporary
+        # one, or one created in the same transaction, may skip the WAL the protocol's writes pay for).
+        c.execute("drop table if exists public.bench_floor")
+        c.execute("create table public.bench_floor (id bigint primary key, v text, at timestamptz)")
+        try:
+            with c.transaction(force_rollback=True):  # nothing of it stays: only the server's CPU time counts
+                for r in range(rounds + 1):
+                    c.execute(_SERVER_LOOP % {"ns": f"'{ns}'", "n": n, "round": r})
+                rows = c.execute("select what, ns_per_call from bench_times where round > 0").fetchall()
+        finally:
+            c.execute("drop table public.bench_floor")
+    samples: Dict[str, List[int]] = {}
+    for what, per_call in rows:
+        samples.setdefault(what, []).append(int(per_call))
+    sm = {k: summarize(v) for k, v in samples.items()}
+    note = f"{rounds} rounds of {n} calls in one transaction (rolled back); per call"
+    return [
+        _lat_row("11 server", "fresh once(): acquire_v2 + complete_v2", _no_ops(sm["once"]), sm["floor_write"],
+                 floor_name="ins+upd", note=note),
+        _lat_row("11 server", "acquire_v2 (fresh)", _no_ops(sm["acquire"]), sm["floor_write"], floor_name="ins+upd"),
+        _lat_row("11 server", "acquire_v2 (replay)", _no_ops(sm["replay"]), sm["floor_read"], floor_name="PK read"),
+        _lat_row("11 server", "heartbeat_v1", _no_ops(sm["heartbeat"]), sm["floor_update"], floor_name="update"),
+        _lat_row("11 server", "floor: insert + update", _no_ops(sm["floor_write"])),
+        _lat_row("11 server", "floor: primary-key read", _no_ops(sm["floor_read"])),
+        _lat_row("11 server", "floor: update by primary key", _no_ops(sm["floor_update"])),
+    ]
+
+
 SCENARIOS: Dict[str, Tuple[str, Callable[[Ctx], List[Row]]]] = {
     "fresh": ("1", s1_fresh),
     "replay": ("2", s2_replay),
@@ -1262,10 +1360,11 @@ SCENARIOS: Dict[str, Tuple[str, Callable[[Ctx], List[Row]]]] = {
     "pgbench": ("8", s8_pgbench),
     "wait": ("9", s9_wait),
     "eventlog": ("10", s10_eventlog),
+    "server": ("11", s11_server),
     "profile": ("P", s_profile),
 }
 DEFAULT = ["fresh", "replay", "cache", "concurrency", "hotkey", "heartbeat", "scale", "dbos", "pgbench", "wait",
-           "eventlog"]
+           "eventlog", "server"]
 
 
 __all__ = ["Ctx", "Params", "SCENARIOS", "DEFAULT"]
