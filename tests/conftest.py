@@ -76,13 +76,18 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield c
 
 
-@pytest.fixture
-def client(dsn: str, namespace: str) -> Iterator[sentinel.Sentinel]:
-    """A Sentinel on the test database in this test's namespace.
+@pytest.fixture(params=["sync", "async"])
+def client(request: pytest.FixtureRequest, dsn: str, namespace: str) -> Iterator[sentinel.Sentinel]:
+    """A client on the test database in this test's namespace, once per driver.
 
-    Fingerprints are off: tests replay keys with functions that must not run,
-    which a fingerprint would (rightly) call a different piece of work.
+    ``sync`` is a :class:`sentinel.Sentinel`; ``async`` an
+    :class:`sentinel.AsyncSentinel` behind the same API (``tests/drivers.py``),
+    so every test of this fixture runs on both drivers. Fingerprints are off:
+    tests replay keys with functions that must not run, which a fingerprint
+    would (rightly) call a different piece of work.
     """
-    s = sentinel.Sentinel(conninfo=dsn, namespace=namespace, default_ttl_ms=3000, fingerprints=False)
+    from drivers import make
+
+    s = make(request.param, conninfo=dsn, namespace=namespace, default_ttl_ms=3000, fingerprints=False)
     yield s
     s.close()

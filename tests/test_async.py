@@ -1,8 +1,10 @@
-"""AsyncSentinel: the asyncio API, held to the same contract as Sentinel.
+"""AsyncSentinel: what only asyncio has, and the cases of the sync suites with async functions and probes.
 
-Each test mirrors a case of the sync suites (test_once, test_bad_input,
-test_features, test_faults, test_concurrency, test_ops) against a real
-PostgreSQL. Tests are plain functions running their coroutine with
+The tests of the ``client`` fixture (test_once, test_bad_input, test_ops, ...)
+run on both drivers already (``tests/drivers.py``); this file holds what they
+cannot express: async functions, async probes, cancellation, tasks sharing a
+client, the event loop's heartbeat task, async connection sources, against a
+real PostgreSQL. Tests are plain functions running their coroutine with
 ``asyncio.run``; an AsyncSentinel belongs to the event loop that uses it, so
 each test makes its own. Waits are on events, database state or the database
 clock, each with a deadline; time-dependent behaviour uses short real TTLs.
@@ -39,16 +41,11 @@ from sentinel import (
     DatabaseUnavailable,
     DidNotHappen,
     Event,
-    ExecutionNotFound,
     FencedOut,
     Happened,
-    InvalidKey,
     InvalidNamespace,
-    InvalidOption,
-    InvalidText,
     InvalidTTL,
     KeyMismatch,
-    ReconcileRefused,
     ResultNotSerializable,
     TransactionInProgress,
     UncertainKey,
@@ -309,18 +306,6 @@ def test_context_and_current_execution_async_and_sync(dsn: str, namespace: str) 
     run(main())
 
 
-def test_fingerprint_mismatch(dsn: str, namespace: str) -> None:
-    async def main() -> None:
-        async with make(dsn, namespace) as s:
-            await s.once("fp", lambda: "first", fingerprint="charge:100")
-            assert (await s.once("fp", lambda: "x", fingerprint="charge:100")).response == "first"
-            with pytest.raises(KeyMismatch, match="another fingerprint") as info:
-                await s.once("fp", lambda: "x", fingerprint="charge:200")
-            assert info.value.key == "fp"
-
-    run(main())
-
-
 @pytest.mark.parametrize("kind", ["async", "sync"])
 def test_exception_recorded_reraised_and_retried(dsn: str, namespace: str, conn: psycopg.Connection[Any],
                                                  kind: str) -> None:
@@ -353,19 +338,6 @@ def test_exception_recorded_reraised_and_retried(dsn: str, namespace: str, conn:
             assert len(fences) == 2 and fences[1] > fences[0] and result.fence == fences[1]
 
     run(main())
-
-
-def test_permanent_failure_is_replayed(dsn: str, namespace: str, conn: psycopg.Connection[Any]) -> None:
-    row = conn.execute("select fence from sentinel.acquire_v1(%s, 'perm', 'me', 1000)", (namespace,)).fetchone()
-    assert row is not None
-    conn.execute("select sentinel.fail_v1(%s, 'perm', %s, '{\"code\": \"stolen_card\"}', true)", (namespace, row[0]))
-
-    async def main() -> sentinel.Result:
-        async with make(dsn, namespace) as s:
-            return await s.once("perm", _never)
-
-    result = run(main())
-    assert result.failed and result.replayed and result.error == {"code": "stolen_card"}
 
 
 def test_fenced_out_when_reconciled_meanwhile(dsn: str, namespace: str) -> None:
@@ -450,18 +422,6 @@ def test_namespaces_are_isolated(dsn: str, namespace: str) -> None:
     run(main())
 
 
-def test_purge_removes_old_records_and_fences_keep_growing(dsn: str, namespace: str) -> None:
-    async def main() -> None:
-        async with make(dsn, namespace) as s:
-            first = await s.once("purged", lambda: 1)
-            assert await s.purge(0) == 1
-            assert await s.inspect("purged") is None
-            second = await s.once("purged", lambda: 2)
-            assert second.response == 2 and second.fence > first.fence  # type: ignore[operator]
-
-    run(main())
-
-
 def test_tasks_share_one_client(dsn: str, namespace: str) -> None:
     results: List[Tuple[int, Any, bool, bool]] = []
 
@@ -496,37 +456,6 @@ async def _no_record(s: AsyncSentinel) -> None:
     assert await s.list() == [], "a record was written"
 
 
-@pytest.mark.parametrize(
-    ("key", "message"),
-    [
-        ("", "non-empty"),
-        ("a\x00b", "NUL"),
-        ("x" * 1025, "1025 bytes"),
-        ("€" * 342, "1026 bytes"),
-        (42, "must be a str"),
-        (None, "must be a str"),
-    ],
-)
-def test_bad_keys(dsn: str, namespace: str, key: Any, message: str) -> None:
-    async def main() -> None:
-        async with make(dsn, namespace) as s:
-            with pytest.raises(InvalidKey, match=message):
-                await s.once(key, _never)
-            await _no_record(s)
-
-    run(main())
-
-
-def test_longest_key_is_accepted(dsn: str, namespace: str) -> None:
-    async def main() -> None:
-        async with make(dsn, namespace) as s:
-            key = "€" * 341 + "k"  # 1024 bytes
-            assert (await s.once(key, lambda: "ok")).response == "ok"
-            assert (await s.once(key, _never)).replayed
-
-    run(main())
-
-
 @pytest.mark.parametrize("ns", ["", "Payments", "-x", "a" * 64, "a b", "ä", 7])
 def test_bad_namespaces(dsn: str, ns: Any) -> None:
     with pytest.raises(InvalidNamespace, match="namespace"):
@@ -536,29 +465,6 @@ def test_bad_namespaces(dsn: str, ns: Any) -> None:
 def test_namespace_and_ttl_defaults(dsn: str) -> None:
     s = AsyncSentinel(conninfo=dsn, namespace=None)
     assert (s.namespace, s.default_ttl_ms) == ("default", 3000)
-
-
-@pytest.mark.parametrize(
-    ("ttl", "hard", "message"),
-    [
-        (0, None, "ttl_ms must be between"),
-        (-5, None, "ttl_ms must be between"),
-        (2_592_000_001, None, "ttl_ms must be between"),
-        (1000, 999, "hard_ttl_ms"),
-        (1000, 0, "hard_ttl_ms"),
-        (1.5, None, "int number of milliseconds"),
-        (True, None, "int number of milliseconds"),
-        ("1000", None, "int number of milliseconds"),
-    ],
-)
-def test_bad_ttls(dsn: str, namespace: str, ttl: Any, hard: Any, message: str) -> None:
-    async def main() -> None:
-        async with make(dsn, namespace) as s:
-            with pytest.raises(InvalidTTL, match=message):
-                await s.once("ttl-key", _never, ttl_ms=ttl, hard_ttl_ms=hard)
-            await _no_record(s)
-
-    run(main())
 
 
 @pytest.mark.parametrize("wait_ms", [-1, 1.5, True, 2_592_000_001])
@@ -591,18 +497,6 @@ def test_hard_ttl_defaults_to_ttl(dsn: str, namespace: str) -> None:
 
     run(main())
     assert [d.total_seconds() for d in seen] == [1.234]
-
-
-def test_non_callable_fn_and_bad_fingerprint(dsn: str, namespace: str) -> None:
-    async def main() -> None:
-        async with make(dsn, namespace) as s:
-            with pytest.raises(TypeError, match="fn must be callable"):
-                await s.once("k", "not a function")  # type: ignore[arg-type]
-            with pytest.raises(InvalidText, match="fingerprint"):
-                await s.once("k", _never, fingerprint="")
-            await _no_record(s)
-
-    run(main())
 
 
 def test_constructor_needs_exactly_one_source(dsn: str) -> None:
@@ -735,26 +629,6 @@ def test_old_schema_is_refused_before_anything_runs(empty_db: Callable[[], str],
         async with make(target, namespace) as s:
             with pytest.raises(sentinel.SchemaError, match="older than this client needs"):
                 await s.once("k", _never)
-
-    run(main())
-
-
-def test_sql_errors_map_to_classes(dsn: str, namespace: str) -> None:
-    async def main() -> None:
-        async with make(dsn, namespace) as s:
-            with pytest.raises(ExecutionNotFound, match="no execution record"):
-                await s.reconcile("missing", action="release", actor="op", reason="test")
-            await s.once("done", lambda: 1)
-            with pytest.raises(ReconcileRefused, match="force"):
-                await s.reconcile("done", action="release", actor="op", reason="test")
-            with pytest.raises(InvalidOption, match="unknown reconcile action"):
-                await s.reconcile("done", action="explode", actor="op", reason="test")
-            with pytest.raises(InvalidText, match="reason"):
-                await s.reconcile("done", action="release", actor="op", reason=" ")
-            with pytest.raises(InvalidOption, match="unknown state"):
-                await s.list("running")
-            record = await s.inspect("done")
-            assert record is not None and record["state"] == "completed"
 
     run(main())
 
