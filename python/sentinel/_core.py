@@ -182,7 +182,15 @@ class ClientCore:
                                                        for t in permanent):
             raise TypeError("permanent must be a tuple of exception classes")
         return _Call(key, fn, tuple(args), kw, ttl, hard, fp, pass_context, retain,
-                     self.options.permanent_errors + permanent)
+                     self.options.permanent_errors + permanent, ttl_ms is None and hard_ttl_ms is None)
+
+    def _ttl_hint(self, call: _Call) -> Optional[str]:
+        """For a lost lease: the options that give a call that named no ttl more time (None when it named one)."""
+        if not call.defaulted:
+            return None
+        return (f"once() was given no ttl_ms, so it ran under the defaults: a {call.ttl} ms lease and a "
+                f"{call.hard} ms hard deadline; for longer work pass ttl_ms= and hard_ttl_ms= to once() (or "
+                "default_ttl_ms= / default_hard_ttl_ms= to the client)")
 
     def _cached(self, call: _Call) -> Optional[Result]:
         """A completed response this process recorded or replayed moments ago (``cache_size``), or None."""

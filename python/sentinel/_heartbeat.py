@@ -25,7 +25,7 @@ class Lease:
     """The heartbeat's view of one running execution."""
 
     __slots__ = ("namespace", "key", "fence", "interval", "lost", "lost_reason", "id", "lease_expires_at",
-                 "deadline", "on_lost")
+                 "deadline", "on_lost", "hint")
 
     def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int, deadline: Optional[float] = None) -> None:
         self.namespace = namespace
@@ -41,6 +41,8 @@ class Lease:
         self.lease_expires_at: Any = None
         #: called once when the lease is lost (the client's ``lease_lost`` event)
         self.on_lost: Optional[Callable[[Lease], None]] = None
+        #: what to tell the user when the lease is lost (the call gave no ttl: which option to set)
+        self.hint: Optional[str] = None
 
     def lose(self, why: str) -> None:
         """Mark the lease lost, once: the first reason is kept and ``on_lost`` is called."""
@@ -65,9 +67,10 @@ class Lease:
         that hangs without an error, a renewal stuck behind a lock).
         """
         if not self.lost.is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
-            logger.warning("%s/%s reached its hard deadline under fence %s", self.namespace, self.key,
-                           self.fence, extra={"sentinel_namespace": self.namespace, "sentinel_key": self.key,
-                                              "sentinel_fence": self.fence})
+            logger.warning("%s/%s reached its hard deadline under fence %s%s", self.namespace, self.key,
+                           self.fence, f"; {self.hint}" if self.hint else "",
+                           extra={"sentinel_namespace": self.namespace, "sentinel_key": self.key,
+                                  "sentinel_fence": self.fence})
             self.lose("hard deadline passed")
         return self.lost.is_set()
 
@@ -100,7 +103,8 @@ class Renewals:
 
     def _lose(self, lease: Lease, why: str) -> None:
         logger.warning(
-            "%s/%s lost its lease under fence %s (%s)", lease.namespace, lease.key, lease.fence, why,
+            "%s/%s lost its lease under fence %s (%s)%s", lease.namespace, lease.key, lease.fence, why,
+            f"; {lease.hint}" if lease.hint else "",
             extra={"sentinel_namespace": lease.namespace, "sentinel_key": lease.key, "sentinel_fence": lease.fence},
         )
         self.unregister(lease)

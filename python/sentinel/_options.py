@@ -66,6 +66,8 @@ class _Call:
     pass_context: bool
     retain_ms: Optional[int]
     permanent: Tuple[Type[BaseException], ...]
+    #: the call gave neither ttl_ms nor hard_ttl_ms: it runs under the client's defaults
+    defaulted: bool = False
 
 
 class _AcquireRetry:

@@ -121,6 +121,7 @@ class Runner(Operations):
         """Run the function of a claimed key under its lease, then record what happened."""
         ns, key = self.namespace, call.key
         lease = Lease(ns, key, fence, call.ttl, deadline)
+        lease.hint = self._ttl_hint(call)
         ctx = ExecutionContext(ns, key, fence, attempt, claimed_at, hard_at, lease)
         fn_args = (ctx, *call.args) if call.pass_context else call.args
         self._heartbeat.register(lease)

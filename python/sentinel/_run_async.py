@@ -152,6 +152,7 @@ class AsyncRunner(AsyncOperations):
         """Run the function of a claimed key under its lease, then record what happened."""
         ns, key = self.namespace, call.key
         lease = AsyncLease(ns, key, fence, call.ttl, deadline)
+        lease.hint = self._ttl_hint(call)
         ctx = AsyncExecutionContext(ns, key, fence, attempt, claimed_at, hard_at, lease)
         fn_args = (ctx, *call.args) if call.pass_context else call.args
         if True:  # ASYNC
