@@ -9,9 +9,10 @@ so a test's threads, functions and probes see the same behaviour from either.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import threading
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Optional
 
 import sentinel
 
@@ -20,14 +21,40 @@ class OnLoop:
     """An :class:`sentinel.AsyncSentinel` with the sync API: each coroutine method runs on the client's loop."""
 
     def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._start()
+
+    def _start(self) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="async-driver", daemon=True)
+        self._died: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._serve, name="async-driver", daemon=True)
         self._thread.start()
-        self._client = sentinel.AsyncSentinel(**options)
+        self._client = sentinel.AsyncSentinel(**self._options)
         self._run(self._client.open())
 
+    def _serve(self) -> None:
+        try:
+            self._loop.run_forever()
+        except BaseException as exc:  # KeyboardInterrupt or SystemExit in a task ends the loop, as in asyncio.run
+            self._died = exc
+
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        while True:
+            try:
+                return future.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:
+                if self._thread.is_alive():
+                    continue
+                died = self._died
+                if died is None:
+                    raise RuntimeError("the event loop of the async driver stopped") from None
+                # What asyncio.run() raises to its caller; a program that goes on starts a new loop (and
+                # client), as this one does for the next call.
+                self._loop.run_until_complete(self._client.close())
+                self._loop.close()
+                self._start()
+                raise died from None
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)

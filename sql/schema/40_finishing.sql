@@ -194,6 +194,8 @@ begin
            set lease_expires_at = least(v_now, x.lease_expires_at), updated_at = v_now
          where x.namespace = p_ns and x.key = p_key
         returning * into e;
+        -- The claim changed only its lease (no event): wake the key's waiters here.
+        perform sentinel._notify_watchers(p_ns, p_key);
         return row('released', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
     end if;
     update sentinel.executions x
@@ -224,7 +226,7 @@ comment on function sentinel._clear_retention() is
 revoke all on function sentinel._clear_retention() from public;
 
 create trigger executions_clear_retention
-    before update on sentinel.executions
+    before update of fence on sentinel.executions
     for each row
     when (old.fence is distinct from new.fence and old.retain_until is not null)
     execute function sentinel._clear_retention();

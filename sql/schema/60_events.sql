@@ -7,15 +7,19 @@ create function sentinel._log_transition() returns trigger
     set search_path = pg_catalog, pg_temp
     as $$
 declare
-    v_reconciled boolean := tg_op = 'UPDATE' and new.reconciled_at is distinct from old.reconciled_at
-                            and new.reconciled_at is not null;
+    v_reconciled boolean;
 begin
+    if tg_op = 'INSERT' then
+        -- A new record: claimed or executing, attempt 1, nothing to compare.
+        insert into sentinel.events (namespace, key, fence, from_state, to_state, owner, actor, reason, at, details)
+        values (new.namespace, new.key, new.fence, null, new.state, new.owner, new.owner, null, new.updated_at,
+                jsonb_build_object('attempt', new.attempt));
+        return null;
+    end if;
+    v_reconciled := new.reconciled_at is distinct from old.reconciled_at and new.reconciled_at is not null;
     insert into sentinel.events (namespace, key, fence, from_state, to_state, owner, actor, reason, at, details)
     values (
-        new.namespace, new.key, new.fence,
-        case when tg_op = 'UPDATE' then old.state end,
-        new.state,
-        new.owner,
+        new.namespace, new.key, new.fence, old.state, new.state, new.owner,
         case when v_reconciled then new.reconciled_by else new.owner end,
         case
             when v_reconciled then new.reconcile_reason
@@ -24,7 +28,7 @@ begin
         new.updated_at,
         jsonb_strip_nulls(jsonb_build_object(
             'attempt', new.attempt,
-            'previous_fence', case when tg_op = 'UPDATE' and old.fence <> new.fence then old.fence end,
+            'previous_fence', case when old.fence <> new.fence then old.fence end,
             'reconciled', case when v_reconciled then true end,
             'permanent', case when new.state = 'failed' and new.error_permanent then true end))
     );
@@ -45,7 +49,7 @@ create trigger executions_log_insert
     for each row execute function sentinel._log_transition();
 
 create trigger executions_log_transition
-    after update on sentinel.executions
+    after update of state, fence on sentinel.executions
     for each row
     when (old.state is distinct from new.state or old.fence is distinct from new.fence)
     execute function sentinel._log_transition();

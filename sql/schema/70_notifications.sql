@@ -26,27 +26,6 @@ comment on function sentinel._notify_watchers(text, text) is
     'Sends NOTIFY on channel_v1(namespace) with the key as payload, only when a live watcher waits for the key.';
 revoke all on function sentinel._notify_watchers(text, text) from public;
 
--- A claim released by abandon_v1 changes only its lease: wake waiters too.
-create function sentinel._notify_release() returns trigger
-    language plpgsql
-    set search_path = pg_catalog, pg_temp
-    as $$
-begin
-    perform sentinel._notify_watchers(new.namespace, new.key);
-    return null;
-end
-$$;
-comment on function sentinel._notify_release() is
-    'Trigger function: notifies waiters when a claim that never began is released (its lease ended early).';
-revoke all on function sentinel._notify_release() from public;
-
-create trigger executions_notify_release
-    after update on sentinel.executions
-    for each row
-    when (new.state = 'claimed' and old.state = 'claimed' and new.fence = old.fence
-          and new.lease_expires_at < old.lease_expires_at)
-    execute function sentinel._notify_release();
-
 create function sentinel.watch_v1(namespace text, key text, wait_ms bigint)
     returns bigint
     language plpgsql volatile
