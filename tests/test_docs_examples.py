@@ -46,3 +46,90 @@ def test_the_readme_quick_start_runs_as_written(empty_db: Callable[[], str]) -> 
         with psycopg.connect(owner_dsn, autocommit=True) as admin:
             admin.execute(f"drop owned by {role}")
             admin.execute(f"drop role {role}")
+
+
+class _Storage:
+    """The downstream system of the guide's export example: it rejects a stale writer's fence."""
+
+    def __init__(self) -> None:
+        self.fences: List[int] = []
+
+    def write(self, chunk: Any, *, fence: int) -> None:
+        assert not self.fences or fence >= self.fences[-1], "a stale writer got through"
+        self.fences.append(fence)
+
+
+class _Provider:
+    """The payment provider the failures page's probe asks: it knows one charge."""
+
+    class _Charge:
+        id, status = "ch_3Q9", "succeeded"
+
+    def find_charge(self, *, idempotency_key: str) -> Any:
+        return self._Charge() if idempotency_key == "payment-order-790" else None
+
+
+def _uncertain(dsn: str, namespace: str, key: str) -> None:
+    """An execution whose worker gave up mid-way: what the failures page's operator finds."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute("select fence from sentinel.acquire_v2(%s, %s, 'worker-1', 60000)", (namespace, key)).fetchone()
+        assert row is not None
+        c.execute("select sentinel.abandon_v1(%s, %s, %s, 'worker killed')", (namespace, key, row[0]))
+
+
+def test_every_python_example_of_the_guide_and_the_failures_page_runs(dsn: str) -> None:
+    """Each block runs as printed; only the DSN placeholder and the user's own systems are supplied."""
+    import asyncio
+
+    from psycopg_pool import ConnectionPool
+
+    import sentinel as package
+
+    namespace = f"docs-{uuid.uuid4().hex[:10]}"
+    pool = ConnectionPool(dsn, min_size=1, max_size=2, open=True)
+    client = package.Sentinel(conninfo=dsn, namespace=namespace)
+    table = f"orders_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f"create table {table} (id integer, amount integer)")
+    storage = _Storage()
+    charged: List[int] = []
+
+    def charge(amount: int) -> Dict[str, Any]:
+        charged.append(amount)
+        return {"charge_id": f"ch_{len(charged)}", "amount": amount}
+
+    scope: Dict[str, Any] = {
+        "Sentinel": package.Sentinel, "psycopg": psycopg, "dsn": dsn, "my_psycopg_pool": pool,
+        "sentinel": client, "storage": storage, "batch": ["a", "b", "c"], "charge": charge, "provider": _Provider(),
+    }
+    try:
+        probed = f"{namespace}-probe"  # the probe example meets payment-order-790 uncertain, in its own namespace
+        for page in ("guide.md", "failures.md"):
+            if page == "failures.md":
+                for ns, key in ((namespace, "payment-order-790"), (namespace, "payment-order-791"),
+                                (probed, "payment-order-790")):
+                    _uncertain(dsn, ns, key)
+                scope["Sentinel"] = lambda **kw: package.Sentinel(**{**kw, "namespace": probed})
+            for n, block in enumerate(_python_blocks(ROOT / "docs" / page)):
+                code = block.replace('"postgresql://…"', "dsn").replace("orders (id, amount)", f"{table} (id, amount)")
+                if "await " in code:  # an asyncio example: as in an async function of the reader's
+                    body = "".join(f"    {line}\n" for line in code.splitlines())
+                    code = f"async def _example():\n{body}\n_asyncio.run(_example())\n"
+                    scope["_asyncio"] = asyncio
+                    scope["namespace"] = namespace
+                exec(compile(code, f"docs/{page} (python block {n + 1})", "exec"), scope)
+        # what the examples did, from the database
+        assert storage.fences and client.inspect("export-2026-11")["state"] == "completed"
+        assert client.inspect("order-17")["state"] == "completed"
+        assert client.inspect("payment-order-790")["reconciled_by"] == "alice@ops"
+        assert client.inspect("payment-order-791")["state"] == "failed"  # released: the next once() runs it
+        by_probe = scope["sentinel"].inspect("payment-order-790")
+        assert by_probe["response"] == {"charge_id": "ch_3Q9"} and by_probe["reconciled_by"].startswith("probe:")
+        assert charged == [9900], "only the asyncio example charges: the probe found the charge it asked about"
+    finally:
+        client.close()
+        if isinstance(scope.get("sentinel"), package.Sentinel) and scope["sentinel"] is not client:
+            scope["sentinel"].close()
+        pool.close()
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f"drop table {table}")
