@@ -133,3 +133,53 @@ def test_every_python_example_of_the_guide_and_the_failures_page_runs(dsn: str) 
         pool.close()
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(f"drop table {table}")
+
+
+def _sql_blocks(path: Path) -> List[str]:
+    return re.findall(r"^```sql\n(.*?)^```", path.read_text(encoding="utf-8"), re.S | re.M)
+
+
+def _types(params: str) -> List[str]:
+    """The argument types of a signature as the docs print it: ``name type [default ...]`` each."""
+    params = re.sub(r"--[^\n]*", "", params)
+    out = []
+    for part in filter(None, (p.strip() for p in params.split(","))):
+        words = re.split(r"\s+default\s+", part, flags=re.I)[0].split()
+        out.append(" ".join(words[1:]).lower())
+    return out
+
+
+def test_every_function_signature_in_the_protocol_reference_is_the_database_s(conn: psycopg.Connection[Any]) -> None:
+    """docs/protocol.md prints each function's arguments: each must exist with exactly those types."""
+    known = {(name, tuple(t.strip() for t in args.split(",") if t.strip()))
+             for name, args in conn.execute(
+                 "select p.proname, pg_get_function_identity_arguments(p.oid) from pg_proc p"
+                 " where p.pronamespace = 'sentinel'::regnamespace").fetchall()}
+    aliases = {"integer": "integer", "int": "integer", "bigint": "bigint", "boolean": "boolean", "text": "text",
+               "jsonb": "jsonb", "timestamptz": "timestamp with time zone"}
+    checked = 0
+    for block in _sql_blocks(ROOT / "docs" / "protocol.md"):
+        for name, params in re.findall(r"sentinel\.(\w+)\(([^()]*)\)\s*(?:returns|$|--)", block, re.M):
+            arg_names = tuple(aliases.get(t, t) for t in _types(params))
+            identity = tuple(f"{n} {t}" for n, t in zip(
+                [p.split()[0] for p in filter(None, (x.strip() for x in re.sub(r"--[^\n]*", "", params).split(",")))],
+                arg_names))
+            assert (name, identity) in known, f"docs/protocol.md shows sentinel.{name}({', '.join(identity)})"
+            checked += 1
+    assert checked >= 20, checked
+
+
+def test_the_sql_examples_of_operations_failures_and_guide_run(dsn: str) -> None:
+    """The statements a reader copies run against an installed schema (pg_cron's wrapper: its statement)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for r in ("app", "ops"):
+            if not c.execute("select 1 from pg_roles where rolname = %s", (r,)).fetchone():
+                c.execute(f"create role {r}")
+        ran = 0
+        for page in ("operations.md", "failures.md", "guide.md"):
+            for block in _sql_blocks(ROOT / "docs" / page):
+                cron = re.search(r"cron\.schedule\([^$]*\$\$(.*?)\$\$", block, re.S)
+                statement = cron.group(1) if cron else block
+                c.execute(statement.encode())
+                ran += 1
+        assert ran == 4, ran
