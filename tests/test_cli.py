@@ -186,3 +186,13 @@ def test_with_no_dsn_the_cli_says_where_it_looked(tmp_path: Any) -> None:
     assert f"PGHOST={tmp_path}" in r.stderr and "pass --dsn" in r.stderr, r.stderr
     given = run("status", "--dsn", f"host={tmp_path} port=1")
     assert given.returncode == 3 and "no --dsn" not in given.stderr, given.stderr
+
+
+def test_a_dsn_without_the_password_the_server_asks_for_is_a_refused_login() -> None:
+    """libpq's wording when the server wants a password and the DSN has none (PostgreSQL 15 in CI does)."""
+    from sentinel._conn import login_refused
+
+    exc = psycopg.OperationalError('connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+                                   "fe_sendauth: no password supplied")
+    assert login_refused(exc) == "fe_sendauth: no password supplied"
+    assert login_refused(psycopg.OperationalError("connection failed: Connection refused")) is None

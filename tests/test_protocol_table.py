@@ -69,9 +69,9 @@ def test_the_functions_enforce_each_limit_at_its_boundary(conn: psycopg.Connecti
                                                                                      "a" * 64)
 
 
-def test_reason_actor_and_rows_limits(conn: psycopg.Connection[Any], namespace: str) -> None:
+def test_reason_actor_and_rows_limits(dsn: str, conn: psycopg.Connection[Any], namespace: str) -> None:
     reconcile = "select sentinel.reconcile_v1(%s, 'r', 'release', %s, %s, null, null, true)"
-    with sentinel.Sentinel(conninfo=conn.info.dsn, namespace=namespace) as s:
+    with sentinel.Sentinel(conninfo=dsn, namespace=namespace) as s:
         s.once("r", lambda: 1, fingerprint=False)
     assert _raises(conn, reconcile, (namespace, "a" * LIMITS["max_actor_chars"], "why")) == ""
     assert _raises(conn, reconcile, (namespace, "a" * (LIMITS["max_actor_chars"] + 1), "why")) == "SN004"

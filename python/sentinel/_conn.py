@@ -43,6 +43,8 @@ _GONE = ("57P01", "57P02", "57P03")
 _LOGIN_REFUSED = re.compile(
     r"FATAL:\s+(password authentication failed|\w+ authentication failed|role \".*\" does not exist"
     r"|database \".*\" does not exist|no pg_hba\.conf entry)"
+    # libpq's own words when the server asks for a password and the DSN has none
+    r"|fe_sendauth: no password supplied"
 )
 
 
