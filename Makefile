@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help generate venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
+.PHONY: help generate bench-publish chaos-publish venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
 
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
@@ -12,6 +12,7 @@ help:
 	@echo "make generate    write python/sentinel/_client.py from its asyncio source _client_async.py"
 	@echo "make check       ruff, mypy --strict, squawk on the migrations, the docs site (make docs)"
 	@echo "make chaos       fault injection (~2.5 min): kills, zombies, dropped backends, crash restarts, PgBouncer"
+	@echo "make bench-publish  the latest bench run becomes the figures of docs/performance.md"
 	@echo "make bench       benchmark against floors measured in the same run (~4 min, bench/results/latest.json)"
 	@echo "make test-other-languages  the psql and Node.js clients and the cross-language race (needs node, npm)"
 	@echo "make django-example  the Django example shop (examples/django) on a throwaway PostgreSQL"
@@ -56,8 +57,20 @@ bench: venv $(VENV)/.bench-installed
 bench-quick: venv $(VENV)/.bench-installed
 	$(PY) bench/run.py --quick
 
+# The latest full run becomes the figures of docs/performance.md.
+bench-publish:
+	mkdir -p docs/results
+	cp bench/results/latest.json docs/results/bench.json
+	$(PY) tools/publish_results.py
+
 chaos: venv
-	$(PY) chaos/run.py
+	$(PY) chaos/run.py --json chaos/results/latest.json
+
+# The latest full chaos run becomes the summary in docs/testing.md.
+chaos-publish:
+	mkdir -p docs/results
+	cp chaos/results/latest.json docs/results/chaos.json
+	$(PY) tools/publish_results.py
 
 demo: venv
 	$(PY) examples/demo.py
@@ -66,6 +79,7 @@ lint: venv
 	$(PY) tools/async_to_sync.py --check
 	$(PY) tools/build_schema.py --check
 	$(PY) tools/gen_protocol.py --check
+	$(PY) tools/publish_results.py --check
 	$(PY) -m ruff check python tests examples bench chaos tools
 	$(VENV)/bin/squawk sql/migrations/*.sql
 

@@ -1307,6 +1307,11 @@ def acted_lines(acted: Dict[str, List[Dict[str, Any]]]) -> List[str]:
 
 
 def print_summary(s: Dict[str, Any], violations: List[checker.Violation], replay: str) -> None:
+    print("\n".join(summary_lines(s, [str(v) for v in violations], replay)), flush=True)
+
+
+def summary_lines(s: Dict[str, Any], violations: List[str], replay: str) -> List[str]:
+    """The summary of a run as printed (tools/publish_results.py renders a saved one the same way)."""
     k, z, t = s["kills"], s["zombies"], s["backend_terminations"]
     lines = [
         "",
@@ -1356,7 +1361,7 @@ def print_summary(s: Dict[str, Any], violations: List[checker.Violation], replay
         lines.append(f"    ... and {len(violations) - 40} more")
     lines.append(f"  wall time               {s['wall_s']}s")
     lines.append(f"  RESULT                  {'OK' if not violations else 'FAILED'}   (seed {s['seed']})")
-    print("\n".join(lines), flush=True)
+    return lines
 
 
 def parse(argv: List[str]) -> argparse.Namespace:
@@ -1446,8 +1451,9 @@ def main(argv: List[str]) -> int:
         s["violations"] = len(violations)
         print_summary(s, violations, replay)
         if args.json:
-            Path(args.json).write_text(json.dumps({**s, "violation_list": [str(v) for v in violations]}, indent=2,
-                                                  default=str))
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({**s, "violation_list": [str(v) for v in violations],
+                                                   "replay": replay}, indent=2, default=str))
         return 1 if violations else 0
     finally:
         if bouncer is not None:

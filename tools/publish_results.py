@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Write the figures of the docs from the result files they come from.
+
+    python tools/publish_results.py           # rewrite the figures from docs/results/*.json
+    python tools/publish_results.py --check   # exit 1 if a page does not show its file (make check)
+    make bench-publish / make chaos-publish   # copy the latest run there, then rewrite
+
+docs/performance.md shows docs/results/bench.json between ``<!-- bench:begin -->``
+and ``<!-- bench:end -->``: every row of the run with its median, p99, ops/s,
+floor and ratio to the floor, and the run's machine, server and versions.
+docs/testing.md shows docs/results/chaos.json between ``<!-- chaos:begin -->`` and
+``<!-- chaos:end -->``: the summary ``make chaos`` printed, rendered by the same
+function. Nothing in them is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _us(value: Any) -> str:
+    if value is None or value != value:
+        return ""
+    v = float(value)
+    if v >= 1000:
+        return f"{v / 1000:.3g} ms".replace(".0 ms", " ms")
+    return f"{v:.3g} µs"
+
+
+def _ops(value: Any) -> str:
+    if not value or value != value:  # none, zero or NaN (a latency-only row)
+        return ""
+    return f"{float(value):,.0f}"
+
+
+def render(run: Dict[str, Any]) -> str:
+    """The markdown block for one result file."""
+    server, versions, machine = run["server"], run["versions"], run["machine"]
+    settings = server["settings"]
+    where = "embedded" if server.get("embedded") else "external"
+    head = (f"The run of {run['started_at'][:16].replace('T', ' ')} UTC ({run['wall_s']:.0f} s): "
+            f"{machine['cpus']} cores, PostgreSQL {settings['server_version']} ({where}, "
+            f"fsync={settings['fsync']}, synchronous_commit={settings['synchronous_commit']}), Python "
+            f"{versions['python']}, psycopg {versions['psycopg']}, Sentinel {versions['sentinel']}; "
+            f"load average {machine['loadavg_start'][0]:.2f} at the start, "
+            f"{machine['loadavg_end'][0]:.2f} at the end.\n\n")
+    lines: List[str] = ["| scenario | measure | median | p99 | ops/s | floor | × floor |",
+                        "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
+    for row in run["rows"]:
+        s = row.get("summary") or {}
+        ratio = row.get("ratio")
+        value = row.get("value")
+        median = _us(s.get("median_us")) if s else (value or "")
+        lines.append("| " + " | ".join([
+            row["scenario"], row["measure"].replace("|", "\\|"), median.replace("|", "\\|"),
+            _us(s.get("p99_us")) if s else "", _ops(s.get("ops_per_s")) if s else "",
+            (row.get("floor") or "").replace("|", "\\|"), f"{ratio:.2f}" if ratio is not None else "",
+        ]) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def render_chaos(run: Dict[str, Any]) -> str:
+    """The summary block of a saved chaos run, as ``make chaos`` printed it."""
+    sys.path.insert(0, str(ROOT / "chaos"))
+    import run as chaos  # chaos/run.py
+
+    replay = run.get("replay", f"chaos/run.py --seed {run['seed']}")
+    text = "\n".join(line.rstrip() for line in chaos.summary_lines(run, run.get("violation_list", []), replay))
+    return "```\n" + text.strip("\n") + "\n```\n"
+
+
+PAGES = [  # (result file, page, marker, renderer)
+    ("bench.json", "performance.md", "bench", render),
+    ("chaos.json", "testing.md", "chaos", render_chaos),
+]
+
+
+def main(argv: List[str]) -> int:
+    stale = []
+    for result, page_name, marker, renderer in PAGES:
+        page_path = ROOT / "docs" / page_name
+        page = page_path.read_text(encoding="utf-8")
+        begin, end = f"<!-- {marker}:begin -->\n", f"<!-- {marker}:end -->\n"
+        run = json.loads((ROOT / "docs" / "results" / result).read_text(encoding="utf-8"))
+        start, stop = page.index(begin) + len(begin), page.index(end)
+        wanted = page[:start] + renderer(run) + page[stop:]
+        if wanted == page:
+            continue
+        if "--check" in argv:
+            stale.append(f"docs/{page_name} does not show docs/results/{result}: run python tools/publish_results.py")
+        else:
+            page_path.write_text(wanted, encoding="utf-8")
+    for line in stale:
+        print(line, file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
