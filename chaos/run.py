@@ -1381,6 +1381,16 @@ def parse(argv: List[str]) -> argparse.Namespace:
     return a
 
 
+def _pgbouncer() -> Optional[str]:
+    return shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+
+
+def _may_install() -> bool:
+    """As root on a Debian-like machine the harness installs what it needs (SENTINEL_NO_INSTALL=1: never)."""
+    return (os.environ.get("SENTINEL_NO_INSTALL") != "1" and hasattr(os, "geteuid") and os.geteuid() == 0
+            and shutil.which("apt-get") is not None)
+
+
 def main(argv: List[str]) -> int:
     args = parse(argv)
     t_begin = time.monotonic()
@@ -1388,10 +1398,14 @@ def main(argv: List[str]) -> int:
         args.workers or (4 if args.short else 8), args.keys or (150 if args.short else 500))
     replay = f"chaos/run.py --seed {args.seed}" + (" --short" if args.short else "")
     log(f"seed {args.seed} ({'short' if args.short else 'full'} run; replay with: {replay})")
-    bouncer_exe = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer")
-                                                 else None)
+    bouncer_exe = _pgbouncer()
     skipped: List[str] = []
     use_bouncer = not args.no_pgbouncer
+    if bouncer_exe is None and use_bouncer and _may_install():
+        log("pgbouncer is not installed; installing it: apt-get update && apt-get install -y pgbouncer")
+        subprocess.run(["sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                                    "pgbouncer >/dev/null"], check=False)
+        bouncer_exe = _pgbouncer()
     if bouncer_exe is None and use_bouncer:
         if not args.short:
             print(f"chaos: FAILED: pgbouncer is not installed, and the full run needs it for the PgBouncer pass.\n"

@@ -100,7 +100,8 @@ def test_every_python_example_of_the_guide_and_the_failures_page_runs(dsn: str) 
 
     scope: Dict[str, Any] = {
         "Sentinel": package.Sentinel, "psycopg": psycopg, "dsn": dsn, "my_psycopg_pool": pool,
-        "sentinel": client, "storage": storage, "batch": ["a", "b", "c"], "charge": charge, "provider": _Provider(),
+        "s": client, "sentinel": package, "storage": storage, "batch": ["a", "b", "c"], "charge": charge,
+        "provider": _Provider(),
     }
     try:
         probed = f"{namespace}-probe"  # the probe example meets payment-order-790 uncertain, in its own namespace
@@ -123,13 +124,13 @@ def test_every_python_example_of_the_guide_and_the_failures_page_runs(dsn: str) 
         assert client.inspect("order-17")["state"] == "completed"
         assert client.inspect("payment-order-790")["reconciled_by"] == "alice@ops"
         assert client.inspect("payment-order-791")["state"] == "failed"  # released: the next once() runs it
-        by_probe = scope["sentinel"].inspect("payment-order-790")
+        by_probe = scope["s"].inspect("payment-order-790")
         assert by_probe["response"] == {"charge_id": "ch_3Q9"} and by_probe["reconciled_by"].startswith("probe:")
         assert charged == [9900], "only the asyncio example charges: the probe found the charge it asked about"
     finally:
         client.close()
-        if isinstance(scope.get("sentinel"), package.Sentinel) and scope["sentinel"] is not client:
-            scope["sentinel"].close()
+        if isinstance(scope.get("s"), package.Sentinel) and scope["s"] is not client:
+            scope["s"].close()
         pool.close()
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(f"drop table {table}")
