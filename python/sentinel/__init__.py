@@ -20,6 +20,7 @@ from ._io_async import AsyncExecutionContext
 from ._ops import Operations
 from ._ops_async import AsyncOperations
 from ._results import ExecutionContext, LeaseLost, Result, current_execution, unwrap
+from ._rows import EventRow, ExecutionRecord, Reconciled, Stats
 from ._schema import SchemaStatus, check_compatible, init_db, migrations, required_version, sql_dir, status
 from .errors import (
     AppendOnly,
@@ -61,6 +62,10 @@ __all__ = [
     "AsyncSentinel",
     "Operations",
     "AsyncOperations",
+    "ExecutionRecord",
+    "EventRow",
+    "Stats",
+    "Reconciled",
     "AsyncExecutionContext",
     "AsyncTransaction",
     "Result",

@@ -16,6 +16,7 @@ from typing import (
     Sequence,
     Tuple,
     TypeVar,
+    cast,
 )
 
 import psycopg
@@ -34,6 +35,7 @@ from ._options import (
     Options,
     _check_key,
 )
+from ._rows import EventRow, ExecutionRecord, Reconciled, Stats
 from ._watchdog import bounded
 
 __all__ = ["Operations"]
@@ -108,15 +110,15 @@ class Operations(ClientCore):
                 rows = cur.fetchall()
             return [d.name for d in (cur.description or [])], [tuple(r) for r in rows]
 
-    def inspect(self, key: str) -> Optional[Dict[str, Any]]:
+    def inspect(self, key: str) -> Optional[ExecutionRecord]:
         """The execution record of ``key`` in this namespace, or None."""
         key = _check_key(key)
         names, rows = self._rows("select * from sentinel.inspect_v1(%s, %s)", (self.namespace, key),
                                        check_schema=True)
-        return dict(zip(names, rows[0])) if rows else None
+        return cast(ExecutionRecord, dict(zip(names, rows[0]))) if rows else None
 
     def list(self, state: Optional[str] = None, *, older_than_ms: Optional[int] = None,
-                   max_rows: int = 100, bodies: bool = False) -> List[Dict[str, Any]]:
+                   max_rows: int = 100, bodies: bool = False) -> List[ExecutionRecord]:
         """Execution records of this namespace, oldest change first, optionally by effective state.
 
         ``response`` and ``error`` are None unless ``bodies=True`` (a record's
@@ -124,10 +126,10 @@ class Operations(ClientCore):
         """
         names, rows = self._rows("select * from sentinel.list_v2(%s, %s, %s, %s, %s)",
                                        (self.namespace, state, older_than_ms, max_rows, bool(bodies)))
-        return [dict(zip(names, r)) for r in rows]
+        return [cast(ExecutionRecord, dict(zip(names, r))) for r in rows]
 
     def reconcile(self, key: str, *, action: str, actor: str, reason: str, response: Any = None,
-                        error: Any = None, force: bool = False) -> Dict[str, Any]:
+                        error: Any = None, force: bool = False) -> Reconciled:
         """Resolve a key as ``completed`` (with ``response``), ``failed`` or ``release`` it.
 
         Always takes a new fence, so a late worker is fenced out; records
@@ -138,20 +140,20 @@ class Operations(ClientCore):
         names, rows = self._rows(
             "select * from sentinel.reconcile_v1(%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s)", params)
         assert rows
-        return self._reconciled(params[1], dict(zip(names, rows[0])), action, actor, reason)
+        return cast(Reconciled, self._reconciled(params[1], dict(zip(names, rows[0])), action, actor, reason))
 
-    def events(self, key: str, *, max_rows: int = 1000) -> List[Dict[str, Any]]:
+    def events(self, key: str, *, max_rows: int = 1000) -> List[EventRow]:
         """The event log of ``key`` (newest ``max_rows``, oldest first): one row per transition."""
         key = _check_key(key)
         names, rows = self._rows("select * from sentinel.events_v1(%s, %s, %s)",
                                        (self.namespace, key, max_rows))
-        return [dict(zip(names, r)) for r in rows]
+        return [cast(EventRow, dict(zip(names, r))) for r in rows]
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> Stats:
         """Records of this namespace by effective state, the oldest uncertain, executions per minute."""
         names, rows = self._rows("select * from sentinel.stats_v1(%s)", (self.namespace,))
         assert rows
-        return dict(zip(names, rows[0]))
+        return cast(Stats, dict(zip(names, rows[0])))
 
     def _purge_loop(self, query: str, params: Tuple[Any, ...], batch_size: int) -> int:
         total = 0

@@ -8,9 +8,7 @@ Generated from ``_wait_async.py`` by ``tools/async_to_sync.py``; read and change
 from __future__ import annotations
 
 import time
-from typing import (
-    Optional,
-)
+from typing import Any, Dict, Optional
 
 from ._conn import wrap_exceptions
 from ._events import UncertainKey
@@ -115,7 +113,8 @@ class Waiter(Runner):
 
     def _probe(self, probe: Probe, result: Result, call: _Call) -> Result:
         """Ask ``probe`` about an uncertain key and apply its answer through reconcile_v1."""
-        record = self.inspect(call.key) or {}
+        found = self.inspect(call.key)
+        record: Dict[str, Any] = dict(found) if found is not None else {}
         info = UncertainKey(self.namespace, call.key, result.fence or 0, result.attempt or 0, record)
         try:
             answer = call_probe(probe, info)

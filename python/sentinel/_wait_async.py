@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import time
-from typing import (
-    Optional,
-)
+from typing import Any, Dict, Optional
 
 from ._conn import wrap_exceptions
 from ._events import UncertainKey
@@ -113,7 +111,8 @@ class AsyncWaiter(AsyncRunner):
 
     async def _probe(self, probe: AsyncProbe, result: Result, call: _Call) -> Result:
         """Ask ``probe`` about an uncertain key and apply its answer through reconcile_v1."""
-        record = await self.inspect(call.key) or {}
+        found = await self.inspect(call.key)
+        record: Dict[str, Any] = dict(found) if found is not None else {}
         info = UncertainKey(self.namespace, call.key, result.fence or 0, result.attempt or 0, record)
         try:
             answer = await call_probe(probe, info)

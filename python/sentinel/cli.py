@@ -282,7 +282,7 @@ def _default_actor() -> str:
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     """Counts by state, the oldest uncertain record, executions per minute."""
     with _sentinel(args) as s:
-        st = s.stats()
+        st = dict(s.stats())
     _emit(args, st, lambda: "".join(f"{k:<22} {v}\n" for k, v in st.items()), out)
     return EXIT_OK
 
