@@ -439,7 +439,7 @@ class Harness:
                 self.cv.wait(min(remaining, 0.05))  # also re-evaluates time-based predicates
 
     def candidates(self, phases: Sequence[str], min_remaining: float = 0.0,
-                   path: Optional[str] = None) -> List[WorkerProc]:
+                   path: Optional[str] = None, max_remaining: Optional[float] = None) -> List[WorkerProc]:
         out = []
         for w in self.workers.values():
             if w.killed or w.eof or not w.ready or w.phase.get("p") not in phases:
@@ -448,13 +448,15 @@ class Harness:
                 continue
             if min_remaining and w.remaining() < min_remaining:
                 continue
+            if max_remaining is not None and w.remaining() > max_remaining:
+                continue
             out.append(w)
         return sorted(out, key=lambda w: w.wid)
 
     def pick(self, phases: Sequence[str], timeout: float, min_remaining: float = 0.0,
-             path: Optional[str] = None) -> Optional[WorkerProc]:
-        found: Optional[List[WorkerProc]] = self.wait_for(lambda: self.candidates(phases, min_remaining, path),
-                                                           timeout)
+             path: Optional[str] = None, max_remaining: Optional[float] = None) -> Optional[WorkerProc]:
+        found: Optional[List[WorkerProc]] = self.wait_for(
+            lambda: self.candidates(phases, min_remaining, path, max_remaining), timeout)
         if not found:
             return None
         return self.rng.choice(found)
@@ -897,7 +899,8 @@ class Harness:
         return False
 
     def term_completion(self) -> bool:
-        w = self.pick(("running",), 6.0)
+        # A function that ends well within the wait below: one outliving it would make the fault a miss.
+        w = self.pick(("running",), 6.0, max_remaining=7.0)
         if w is None:
             return False
         with self.cv:
