@@ -602,7 +602,7 @@ class Harness:
         """
         info = self.current
         assert info is not None
-        w = self.pick(("running",), 6.0, min_remaining=0.3, path="once")
+        w = self.pick(("running",), 12.0, min_remaining=0.3, path="once")  # workers respawn after kills
         if w is None:
             return False
         with self.cv:
