@@ -8,7 +8,7 @@
 \pset pager off
 
 begin;
-select plan(32);
+select plan(33);
 \ir _clock.psql
 
 -- PUBLIC: no EXECUTE on anything (grant_v1 gives roles what they need).
@@ -56,6 +56,13 @@ grant execute on function
     sentinel.fail_v1(text, text, bigint, jsonb, boolean), sentinel.abandon_v1(text, text, bigint, text),
     sentinel.inspect_v1(text, text), sentinel.list_v1(text, text, bigint, integer)
     to sentinel_test_app;
+-- EXECUTE alone is not a right in a namespace: the functions check sentinel.rights.
+set local role sentinel_test_app;
+select throws_ok($$ select sentinel.acquire_v1('priv', 'k', 'w', 1000) $$,
+                 '42501', 'sentinel: role sentinel_test_app may not claim keys in namespace ''priv''',
+                 'EXECUTE without a right on the namespace is refused, naming the role and the namespace');
+reset role;
+insert into sentinel.rights (role, namespace, kind) values ('sentinel_test_app', 'priv', 'app');
 set local role sentinel_test_app;
 select fence as f_app from sentinel.acquire_v1('priv', 'pay-1', 'app:1', 1000, start => false) \gset
 select is(sentinel.begin_v1('priv', 'pay-1', :f_app), true, 'the app role can claim and begin');
@@ -77,7 +84,7 @@ select throws_ok($$ update sentinel.executions set response = '{"forged": true}'
                  '42501', 'permission denied for table executions', 'the app role cannot update an execution row');
 select throws_ok($$ delete from sentinel.executions where key = 'pay-1' $$,
                  '42501', 'permission denied for table executions', 'the app role cannot delete an execution row');
-select throws_ok($$ select sentinel._finish('priv', 'pay-1', 1, 'completed', '{}', null, false) $$,
+select throws_ok($$ select sentinel._finish('priv', 'pay-1', 1, null, 'completed', '{}', null, false) $$,
                  '42501', 'permission denied for function _finish', 'the app role cannot call the private _finish helper');
 select throws_ok($$ select setval('sentinel.fence_seq', 1) $$,
                  '42501', 'permission denied for sequence fence_seq', 'the app role cannot rewind the fence sequence');

@@ -111,7 +111,7 @@ def test_the_comparison_sees_a_changed_function_body_comment_or_grant(empty_db: 
     assert _differences(catalog(one), catalog(other)) == ["functions"]
     with psycopg.connect(other, autocommit=True) as conn:
         conn.execute("comment on table sentinel.limits is 'changed'")
-        conn.execute("insert into sentinel.grantable values ('sentinel.nothing()', false)")
+        conn.execute("insert into sentinel.grantable values ('sentinel.nothing()', false, 'app')")
     assert _differences(catalog(one), catalog(other)) == ["relations", "functions", "grantable"]
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "OutcomeUncertain",
     "PermanentFailure",
     "FencedOut",
+    "RecordConflict",
+    "TooManyWatchers",
     "from_sqlstate",
 ]
 
@@ -152,6 +154,12 @@ class DocumentTooLarge(InvalidArgument):
     """
 
     sqlstate = "SN015"
+
+
+class TooManyWatchers(SentinelError):
+    """The role already holds ``max_watchers_per_role`` live watchers (SQLSTATE SN016): a waiter polls instead."""
+
+    sqlstate = "SN016"
 
 
 # -- end of the generated part --
@@ -274,6 +282,25 @@ class FencedOut(SentinelError):
     An operator reconciled the key (taking a new fence) while the function was
     running; the database kept the operator's decision. ``response`` holds the
     value the function returned, ``fence`` the fence it ran under.
+    """
+
+    def __init__(self, message: str, *, response: Any, fence: int, state: Optional[str]) -> None:
+        super().__init__(message)
+        self.response = response
+        self.fence = fence
+        self.state = state
+
+
+class RecordConflict(SentinelError):
+    """The function ran, but its fence already holds another recorded outcome, which stands.
+
+    ``complete_v3``/``fail_v3`` answered ``conflict``: the record under this
+    fence was written with a different response or error than the one this
+    call reports. Only the holder of the claim's token can record under it, so
+    this means the record was written without the token (a role that still
+    has the legacy ``complete_v1``/``complete_v2``) or a bug. Every replay
+    serves the stored outcome; ``response`` holds what the function returned.
+    Inspect the key's events and reconcile it if the stored outcome is wrong.
     """
 
     def __init__(self, message: str, *, response: Any, fence: int, state: Optional[str]) -> None:

@@ -75,7 +75,8 @@ comment on column sentinel.executions.retain_until is
     'When set (complete_v2/fail_v2 with retain_ms), purge_expired_v1 may delete the finished record from then on.';
 
 comment on column sentinel.executions.claim_token is
-    'The token of the call that holds the current claim (acquire_v2), so that its retry is recognised; never returned.';
+    'The token of the call that holds the current claim (acquire_v2): its retry is recognised, and the _v2/_v3 '
+    'calls that change the claim (begin, heartbeat, complete, fail, abandon) must present it. Never returned.';
 
 -- Nobody but the owner reads or writes the tables: roles call the functions.
 revoke all on table sentinel.migrations, sentinel.executions from public;
@@ -84,13 +85,42 @@ revoke all on sequence sentinel.fence_seq from public;
 -- What grant_v1 hands out: a row per public function (see 50_operations.sql).
 create table sentinel.grantable (
     function  text    primary key,
-    operator  boolean not null
+    operator  boolean not null,
+    kind      text    not null,
+    legacy    boolean not null default false,
+    constraint grantable_kind_check check (kind in ('read', 'app', 'probe', 'operator', 'purge'))
 );
 
 comment on table sentinel.grantable is
-    'Functions grant_v1 grants: operator false for every application role, true only with operator => true.';
+    'Functions the grant functions grant. grant_v1: operator false for every application role, true only with '
+    'operator => true. grant_v2: the functions of each right granted (kind; read: any right), never the legacy '
+    'ones: the calls that '
+    'change a claim without its token, and the md5 notification channel.';
 
 revoke all on table sentinel.grantable from public;
+
+-- Who may do what in which namespace. Every protocol and operator function
+-- checks it (sentinel._authorize) for the calling role: the role set with SET
+-- ROLE, else the login role. Rights are inherited like privileges.
+create table sentinel.rights (
+    role        regrole     not null,
+    namespace   text        not null,
+    kind        text        not null,
+    granted_at  timestamptz not null default pg_catalog.clock_timestamp(),
+    granted_by  text        not null default session_user,
+    constraint rights_pkey primary key (role, namespace, kind),
+    constraint rights_kind_check check (kind in ('app', 'probe', 'operator', 'purge')),
+    constraint rights_namespace_check check (namespace = '*' or namespace ~ '^[a-z0-9][a-z0-9_.-]{0,62}$')
+);
+
+comment on table sentinel.rights is
+    'Rights of roles in namespaces (''*'': every namespace). app: the protocol and reading the records; probe: also '
+    'resolve uncertain keys (reconcile without force); operator: also reconcile any key, with force; purge: purge '
+    'records (and, on ''*'', the event log). Written by grant_v1, grant_v2 and revoke_v1.';
+
+create index rights_namespace_idx on sentinel.rights (namespace);
+
+revoke all on table sentinel.rights from public;
 
 create table sentinel.events (
     id          bigint generated always as identity primary key,
@@ -103,13 +133,16 @@ create table sentinel.events (
     actor       text,
     reason      text,
     at          timestamptz not null,
-    details     jsonb       not null default '{}'
+    details     jsonb       not null default '{}',
+    db_user     text        default session_user,
+    db_role     text        default nullif(pg_catalog.current_setting('role'), 'none')
 );
 
 comment on table sentinel.events is
     'Append-only log: one row per transition of an execution record, written by a trigger in the same transaction. '
     'from_state NULL means the key had no record. actor: the owner for protocol calls, the operator for reconciles. '
-    'Only purge_events_v1 deletes rows.';
+    'Only purge_events_v1 deletes rows. db_user: the login role (session_user) of the call that caused the event; '
+    'db_role: the role it had set with SET ROLE, if any (NULL for events older than schema version 12).';
 
 create index events_key_idx on sentinel.events (namespace, key, id);
 
@@ -122,27 +155,38 @@ create table sentinel.watchers (
     id          bigint generated always as identity primary key,
     namespace   text        not null,
     key         text        not null,
-    expires_at  timestamptz not null
+    expires_at  timestamptz not null,
+    role        regrole,
+    pid         integer,
+    channel     text
 );
 
 comment on table sentinel.watchers is
-    'Callers waiting for a key''s outcome (watch_v1). A transition of a key with a live watcher sends NOTIFY.';
+    'Callers waiting for a key''s outcome (watch_v1, watch_v2). A transition of a key with a live watcher sends '
+    'NOTIFY: on the watcher''s own channel with its id as payload (watch_v2), or on channel_v1(namespace) with the '
+    'key (watch_v1). role and pid: who registered it (NULL before schema version 12); a watcher is removed when its '
+    'session has ended.';
 
 create index watchers_key_idx on sentinel.watchers (namespace, key);
+
+create index watchers_role_idx on sentinel.watchers (role);
 
 revoke all on table sentinel.watchers from public;
 
 create table sentinel.limits (
     name   text primary key,
     value  bigint not null,
-    constraint limits_known check (name in ('max_response_bytes', 'max_error_bytes')),
-    constraint limits_range check (value between 1024 and 268435455)
+    constraint limits_known check (name in ('max_response_bytes', 'max_error_bytes', 'max_watchers_per_role')),
+    constraint limits_range check (
+        case when name = 'max_watchers_per_role' then value between 1 and 1000000
+             else value between 1024 and 268435455 end)
 );
 
 comment on table sentinel.limits is
     'Caps a DBA may change: max_response_bytes and max_error_bytes, the largest jsonb document (pg_column_size) '
-    'complete_v1/v2 and fail_v1/v2 accept.';
+    'complete and fail accept; max_watchers_per_role, the live watchers one role may hold (watch_v1, watch_v2).';
 
-insert into sentinel.limits (name, value) values ('max_response_bytes', 1048576), ('max_error_bytes', 65536);
+insert into sentinel.limits (name, value)
+values ('max_response_bytes', 1048576), ('max_error_bytes', 65536), ('max_watchers_per_role', 10000);
 
 revoke all on table sentinel.limits from public;

@@ -7,9 +7,59 @@
 -- never a client's. Only the schema owner can replace it.
 create function sentinel._now() returns timestamptz
     language sql volatile
+    set search_path = pg_catalog, pg_temp
     as $$ select pg_catalog.clock_timestamp() $$;
 comment on function sentinel._now() is
     'The one clock of Sentinel: the database''s clock_timestamp().';
+
+-- Who calls. Inside a security-definer function current_user is the schema
+-- owner; the caller is the role it set with SET ROLE, else its login role.
+create function sentinel._caller() returns text
+    language sql stable
+    set search_path = pg_catalog, pg_temp
+    as $$ select coalesce(nullif(current_setting('role'), 'none'), session_user::text) $$;
+comment on function sentinel._caller() is
+    'The role a protocol call acts for: the role set with SET ROLE (also SET LOCAL ROLE), else session_user. '
+    'SET ROLE needs membership, so a session can only act for roles it belongs to.';
+
+create function sentinel._may(p_namespace text, p_kinds text[]) returns boolean
+    language sql stable
+    set search_path = pg_catalog, pg_temp
+    as $$
+    -- current_user is the schema owner here (the security-definer caller's
+    -- rights): its members and superusers may do everything.
+    select pg_has_role(c.who, current_user, 'USAGE')
+           or exists (select 1
+                        from sentinel.rights r
+                        join pg_roles g on g.oid = r.role::oid
+                       where r.namespace in (p_namespace, '*')
+                         and r.kind = any (p_kinds)
+                         and pg_has_role(c.who, g.oid, 'USAGE'))
+      from (select sentinel._caller() as who) c
+$$;
+comment on function sentinel._may(text, text[]) is
+    'Whether the caller holds one of the rights p_kinds on namespace p_namespace (directly, through a role it '
+    'inherits, or on ''*''), or is the schema owner (or a member of it, or a superuser).';
+
+create function sentinel._authorize(p_namespace text, p_kinds text[], p_what text) returns void
+    language plpgsql stable
+    set search_path = pg_catalog, pg_temp
+    as $$
+begin
+    if not sentinel._may(p_namespace, p_kinds) then
+        raise exception 'sentinel: role % may not % in namespace %', quote_ident(sentinel._caller()), p_what,
+            quote_literal(p_namespace)
+            using errcode = '42501',
+                  hint = format('a DBA grants it with: sentinel grant %s %s%s', sentinel._caller(),
+                                case when p_namespace = '*' then '--all-namespaces'
+                                     else '--namespace ' || p_namespace end,
+                                case when 'app' = any (p_kinds) then '' else ' --' || p_kinds[1] end);
+    end if;
+end
+$$;
+comment on function sentinel._authorize(text, text[], text) is
+    'Raises 42501 (insufficient_privilege) naming the role, the namespace and the grant to ask for, unless the '
+    'caller holds one of the rights p_kinds on the namespace (see _may).';
 
 -- Argument checks. Misuse raises a documented SQLSTATE of class SN.
 create function sentinel._check_namespace(p_namespace text) returns void

@@ -20,11 +20,10 @@ create type sentinel.acquire_result_v1 as (
 comment on type sentinel.acquire_result_v1 is
     'Result of acquire_v1. outcome: acquired, completed, alive, uncertain, failed or mismatch.';
 
--- Inlined into its callers, so it has no search_path of its own: every operator
--- in it is schema-qualified.
 create function sentinel._acquire_result(p_outcome text, e sentinel.executions, p_now timestamptz)
     returns sentinel.acquire_result_v1
     language sql immutable
+    set search_path = pg_catalog, pg_temp
     as $$
     -- A mismatch reveals nothing of another caller's response or error.
     select row(
@@ -62,21 +61,29 @@ comment on function sentinel.acquire_v1(text, text, text, bigint, bigint, boolea
     'completed: response replayed. alive: another worker holds a live lease. uncertain: an execution started and its outcome is unknown. '
     'failed: a permanent error is replayed. mismatch: the key was used with another fingerprint (two automatic '
     'fingerprints of different schemes, v<N>: and 40 hex digits, are not compared). '
-    'hard_ttl_ms defaults to ttl_ms. Raises SN001 (key), SN002 (namespace), SN003 (ttl), SN004 (owner, fingerprint). '
-    'A replay takes no lock and writes nothing.';
+    'hard_ttl_ms defaults to ttl_ms. Raises SN001 (key), SN002 (namespace), SN003 (ttl), SN004 (owner, fingerprint), '
+    '42501 (no app right on the namespace). A replay takes no lock and writes nothing.';
 
-create function sentinel.begin_v1(namespace text, key text, fence bigint)
+create function sentinel._check_token(p_token text) returns void
+    language plpgsql immutable
+    set search_path = pg_catalog, pg_temp
+    as $$
+begin
+    if p_token is null or length(p_token) < 16 or length(p_token) > 200 then
+        raise exception 'sentinel: token must be the token given to acquire_v2 for this claim (16 to 200 characters)'
+            using errcode = 'SN004';
+    end if;
+end
+$$;
+comment on function sentinel._check_token(text) is
+    'Raises SN004 unless the token is 16 to 200 characters (the proof of a claim the _v2/_v3 calls require).';
+
+create function sentinel._begin(p_ns text, p_key text, p_fence bigint, p_token text)
     returns boolean
     language plpgsql volatile
-    security definer
     set search_path = pg_catalog, pg_temp
-    set lock_timeout = '5s'
     as $$
-#variable_conflict use_variable
 declare
-    p_ns    constant text   := begin_v1.namespace;
-    p_key   constant text   := begin_v1.key;
-    p_fence constant bigint := begin_v1.fence;
     v_now   constant timestamptz := sentinel._now();
 begin
     if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
@@ -86,6 +93,7 @@ begin
     if p_fence is null or p_fence <= 0 then
         perform sentinel._check_fence(p_fence);
     end if;
+    perform sentinel._authorize(p_ns, array['app'], 'run the protocol');
     update sentinel.executions x
        set state = 'executing',
            started_at = v_now,
@@ -93,15 +101,47 @@ begin
            updated_at = v_now
      where x.namespace = p_ns and x.key = p_key
        and x.fence = p_fence
+       and (p_token is null or x.claim_token = p_token)
        and x.state = 'claimed'
        and x.lease_expires_at > v_now;
     return found;
 end
 $$;
+comment on function sentinel._begin(text, text, bigint, text) is
+    'Shared body of begin_v1 (p_token NULL: no proof asked) and begin_v2.';
+
+create function sentinel.begin_v1(namespace text, key text, fence bigint)
+    returns boolean
+    language plpgsql volatile
+    security definer
+    set search_path = pg_catalog, pg_temp
+    set lock_timeout = '5s'
+    as $$
+begin
+    return sentinel._begin(begin_v1.namespace, begin_v1.key, begin_v1.fence, null);
+end
+$$;
 comment on function sentinel.begin_v1(text, text, bigint) is
     'Moves your own live claim (state claimed, your fence, lease not lapsed) to executing and renews its lease. '
     'true: start the function now. false: the claim was taken over, lapsed or already begun; do not run. '
-    'Raises SN001, SN002, SN005.';
+    'Raises SN001, SN002, SN005, 42501 (no app right on the namespace). Legacy: asks no proof of the claim '
+    '(begin_v2 does).';
+
+create function sentinel.begin_v2(namespace text, key text, fence bigint, token text)
+    returns boolean
+    language plpgsql volatile
+    security definer
+    set search_path = pg_catalog, pg_temp
+    set lock_timeout = '5s'
+    as $$
+begin
+    perform sentinel._check_token(begin_v2.token);
+    return sentinel._begin(begin_v2.namespace, begin_v2.key, begin_v2.fence, begin_v2.token);
+end
+$$;
+comment on function sentinel.begin_v2(text, text, bigint, text) is
+    'begin_v1 for the holder of the claim only: token is the one given to acquire_v2 (false for any other). '
+    'Raises SN001, SN002, SN004 (token), SN005, 42501.';
 
 create function sentinel._acquire(
     p_ns text, p_key text, p_owner text, p_ttl bigint, p_hard_ttl bigint, p_start_arg boolean,
@@ -143,6 +183,7 @@ begin
         raise exception 'sentinel: token must be NULL or 16 to 200 characters (a random value per call)'
             using errcode = 'SN004';
     end if;
+    perform sentinel._authorize(p_ns, array['app'], 'claim keys');
 
     -- 1. A plain read. Replays and live executions are answered from it, so a
     --    replay takes no lock and writes nothing.
@@ -261,6 +302,7 @@ $$;
 comment on function sentinel.acquire_v2(text, text, text, bigint, bigint, boolean, text, text) is
     'acquire_v1 with token: a random value (16 to 200 characters) drawn per call and presented again when the '
     'same call retries after a lost reply. A retry whose token matches the live claim (claimed or executing, lease '
-    'not lapsed) gets it back: outcome acquired, same fence, nothing written. Outcomes and SQLSTATEs as acquire_v1 '
-    '(SN004 also for a token out of range). Waits at most 5 s for a row lock (55P03).';
+    'not lapsed) gets it back: outcome acquired, same fence, nothing written. The token is also the proof of the '
+    'claim that begin_v2, heartbeat_v2, complete_v3, fail_v3 and abandon_v2 require. Outcomes and SQLSTATEs as '
+    'acquire_v1 (SN004 also for a token out of range). Waits at most 5 s for a row lock (55P03).';
 revoke all on function sentinel.acquire_v2(text, text, text, bigint, bigint, boolean, text, text) from public;

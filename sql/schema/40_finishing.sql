@@ -11,11 +11,13 @@ create type sentinel.finish_result_v1 as (
 );
 
 comment on type sentinel.finish_result_v1 is
-    'Result of complete_v1/v2 and fail_v1/v2. outcome: recorded, already_recorded, stale, or (fail only) uncertain: '
-    'the failure came after the lease was lost, so the key stays uncertain with the error kept as evidence.';
+    'Result of complete and fail. outcome: recorded, already_recorded, stale, or (fail only) uncertain: '
+    'the failure came after the lease was lost, so the key stays uncertain with the error kept as evidence; '
+    '(complete_v3 and fail_v3 only) conflict: this fence already recorded a different response or error, '
+    'which stands.';
 
 create function sentinel._finish(
-    p_ns text, p_key text, p_fence bigint, p_state text,
+    p_ns text, p_key text, p_fence bigint, p_token text, p_state text,
     p_response jsonb, p_error jsonb, p_permanent boolean)
     returns sentinel.finish_result_v1
     language plpgsql volatile
@@ -32,6 +34,7 @@ begin
     if p_fence is null or p_fence <= 0 then
         perform sentinel._check_fence(p_fence);
     end if;
+    perform sentinel._authorize(p_ns, array['app'], 'run the protocol');
     -- Documents over the cap are refused before anything is written (a cheap
     -- size test first: the limits are read only for documents over 1 KiB).
     if p_response is not null and pg_column_size(p_response) > 1024 then
@@ -49,6 +52,7 @@ begin
            updated_at = v_now
      where x.namespace = p_ns and x.key = p_key
        and x.fence = p_fence
+       and (p_token is null or x.claim_token = p_token)
        and case p_state
                when 'completed' then x.state in ('executing', 'uncertain')
                -- A failure is the truth only while the lease holds, or when nothing ever ran.
@@ -62,8 +66,17 @@ begin
     select * into e from sentinel.executions x
      where x.namespace = p_ns and x.key = p_key
        for update;
+    if found and e.fence = p_fence and p_token is not null and e.claim_token is distinct from p_token then
+        -- The fence is public; the token proves the claim. Not yours: nothing changes.
+        return row('stale', e.state, e.fence, v_now)::sentinel.finish_result_v1;
+    end if;
     if found and e.fence = p_fence and e.state = p_state then
-        -- A retry of a recording that already committed.
+        -- A retry of a recording that already committed; with a token, what is
+        -- stored is compared with what is reported.
+        if p_token is not null and (e.response is distinct from p_response or e.error is distinct from p_error
+                                    or e.error_permanent is distinct from coalesce(p_permanent, false)) then
+            return row('conflict', e.state, e.fence, v_now)::sentinel.finish_result_v1;
+        end if;
         return row('already_recorded', e.state, e.fence, v_now)::sentinel.finish_result_v1;
     end if;
     if found and e.fence = p_fence and e.state = 'claimed' then
@@ -96,8 +109,9 @@ begin
     return row('stale', e.state, e.fence, v_now)::sentinel.finish_result_v1;
 end
 $$;
-comment on function sentinel._finish(text, text, bigint, text, jsonb, jsonb, boolean) is
-    'Shared body of complete_v1/v2 and fail_v1/v2. A failure reported after the lease lapsed or the execution went '
+comment on function sentinel._finish(text, text, bigint, text, text, jsonb, jsonb, boolean) is
+    'Shared body of complete and fail; p_token NULL (the legacy _v1/_v2) asks no proof of the claim and does not '
+    'compare a retried recording. A failure reported after the lease lapsed or the execution went '
     'uncertain leaves the key uncertain, keeps the error as evidence and logs a late failure event (outcome uncertain). '
     'A document over its cap in sentinel.limits raises SN015 before anything is written.';
 
@@ -113,14 +127,15 @@ begin
         raise exception 'sentinel: response must not be SQL NULL (use the JSON value null)'
             using errcode = 'SN009';
     end if;
-    return sentinel._finish(complete_v1.namespace, complete_v1.key, complete_v1.fence,
+    return sentinel._finish(complete_v1.namespace, complete_v1.key, complete_v1.fence, null,
                             'completed', complete_v1.response, null, false);
 end
 $$;
 comment on function sentinel.complete_v1(text, text, bigint, jsonb) is
     'Records the response of your execution (state executing, or uncertain while your fence is still current). '
     'outcome recorded; already_recorded when this fence already completed (a retried call); stale when the fence is '
-    'no longer current: nothing changed. Raises SN001, SN002, SN005, SN009 (NULL response), SN011 (never begun).';
+    'no longer current: nothing changed. Raises SN001, SN002, SN005, SN009 (NULL response), SN011 (never begun), '
+    '42501 (no app right on the namespace). Legacy: asks no proof of the claim (complete_v3 does).';
 
 create function sentinel.fail_v1(namespace text, key text, fence bigint, error jsonb, permanent boolean default false)
     returns sentinel.finish_result_v1
@@ -134,7 +149,7 @@ begin
         raise exception 'sentinel: error must not be SQL NULL'
             using errcode = 'SN009';
     end if;
-    return sentinel._finish(fail_v1.namespace, fail_v1.key, fail_v1.fence,
+    return sentinel._finish(fail_v1.namespace, fail_v1.key, fail_v1.fence, null,
                             'failed', null, fail_v1.error, coalesce(fail_v1.permanent, false));
 end
 $$;
@@ -143,7 +158,8 @@ comment on function sentinel.fail_v1(text, text, bigint, jsonb, boolean) is
     'unless permanent, in which case the error is replayed as outcome failed. Outcome recorded only while the lease '
     'is valid (or the claim never began); after the lease lapsed or the execution went uncertain the outcome is '
     'uncertain: the key stays uncertain, the error is kept as evidence (inspect_v1, events_v1) and only a completion '
-    'or reconcile_v1 resolves it. already_recorded and stale as complete_v1. Raises SN001, SN002, SN005, SN009 (NULL error).';
+    'or reconcile_v1 resolves it. already_recorded and stale as complete_v1. Raises SN001, SN002, SN005, SN009 (NULL '
+    'error), 42501. Legacy: asks no proof of the claim (fail_v3 does).';
 
 create type sentinel.abandon_result_v1 as (
     outcome  text,
@@ -153,20 +169,14 @@ create type sentinel.abandon_result_v1 as (
 );
 
 comment on type sentinel.abandon_result_v1 is
-    'Result of abandon_v1. outcome: uncertain, released or stale.';
+    'Result of abandon_v1 and abandon_v2. outcome: uncertain, released or stale.';
 
-create function sentinel.abandon_v1(namespace text, key text, fence bigint, reason text)
+create function sentinel._abandon(p_ns text, p_key text, p_fence bigint, p_token text, p_reason text)
     returns sentinel.abandon_result_v1
     language plpgsql volatile
-    security definer
     set search_path = pg_catalog, pg_temp
-    set lock_timeout = '5s'
     as $$
-#variable_conflict use_variable
 declare
-    p_ns    constant text   := abandon_v1.namespace;
-    p_key   constant text   := abandon_v1.key;
-    p_fence constant bigint := abandon_v1.fence;
     v_now   constant timestamptz := sentinel._now();
     e       sentinel.executions;
 begin
@@ -177,10 +187,15 @@ begin
     if p_fence is null or p_fence <= 0 then
         perform sentinel._check_fence(p_fence);
     end if;
-    perform sentinel._check_text('reason', abandon_v1.reason, 1000);
+    perform sentinel._check_text('reason', p_reason, 1000);
+    perform sentinel._authorize(p_ns, array['app'], 'run the protocol');
     select * into e from sentinel.executions x
      where x.namespace = p_ns and x.key = p_key
      for update;
+    if found and e.fence = p_fence and p_token is not null and e.claim_token is distinct from p_token then
+        -- The fence is public; the token proves the claim. Not yours: nothing changes.
+        return row('stale', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
+    end if;
     if found and e.fence = p_fence and e.state = 'uncertain' then
         -- A retry of an abandon that already committed (or the lease lapsed meanwhile).
         return row('uncertain', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
@@ -199,17 +214,49 @@ begin
         return row('released', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
     end if;
     update sentinel.executions x
-       set state = 'uncertain', uncertain_reason = abandon_v1.reason, updated_at = v_now
+       set state = 'uncertain', uncertain_reason = p_reason, updated_at = v_now
      where x.namespace = p_ns and x.key = p_key
     returning * into e;
     return row('uncertain', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
+end
+$$;
+comment on function sentinel._abandon(text, text, bigint, text, text) is
+    'Shared body of abandon_v1 (p_token NULL: no proof asked) and abandon_v2.';
+
+create function sentinel.abandon_v1(namespace text, key text, fence bigint, reason text)
+    returns sentinel.abandon_result_v1
+    language plpgsql volatile
+    security definer
+    set search_path = pg_catalog, pg_temp
+    set lock_timeout = '5s'
+    as $$
+begin
+    return sentinel._abandon(abandon_v1.namespace, abandon_v1.key, abandon_v1.fence, null, abandon_v1.reason);
 end
 $$;
 comment on function sentinel.abandon_v1(text, text, bigint, text) is
     'Gives up your claim or execution at once. An execution (state executing) becomes uncertain with the reason: '
     'the function may have had effects. A claim that never began is released for immediate takeover. '
     'A retry after the execution is already uncertain under the same fence answers uncertain again. '
-    'stale when the fence is no longer current. Raises SN001, SN002, SN004 (reason), SN005.';
+    'stale when the fence is no longer current. Raises SN001, SN002, SN004 (reason), SN005, 42501. '
+    'Legacy: asks no proof of the claim (abandon_v2 does).';
+
+create function sentinel.abandon_v2(namespace text, key text, fence bigint, token text, reason text)
+    returns sentinel.abandon_result_v1
+    language plpgsql volatile
+    security definer
+    set search_path = pg_catalog, pg_temp
+    set lock_timeout = '5s'
+    as $$
+begin
+    perform sentinel._check_token(abandon_v2.token);
+    return sentinel._abandon(abandon_v2.namespace, abandon_v2.key, abandon_v2.fence, abandon_v2.token,
+                             abandon_v2.reason);
+end
+$$;
+comment on function sentinel.abandon_v2(text, text, bigint, text, text) is
+    'abandon_v1 for the holder of the claim only: token is the one given to acquire_v2 (stale for any other). '
+    'Raises SN001, SN002, SN004 (reason, token), SN005, 42501.';
 
 -- A new fence (a new claim, a takeover, a reconcile) starts without retention.
 create function sentinel._clear_retention() returns trigger
@@ -231,6 +278,42 @@ create trigger executions_clear_retention
     when (old.fence is distinct from new.fence and old.retain_until is not null)
     execute function sentinel._clear_retention();
 
+-- Recording with retention: complete_v2/v3 and fail_v2/v3.
+create function sentinel._record(
+    p_ns text, p_key text, p_fence bigint, p_token text, p_state text,
+    p_response jsonb, p_error jsonb, p_permanent boolean, p_retain_ms bigint)
+    returns sentinel.finish_result_v1
+    language plpgsql volatile
+    set search_path = pg_catalog, pg_temp
+    as $$
+declare
+    r sentinel.finish_result_v1;
+begin
+    if p_retain_ms is not null and (p_retain_ms < 0 or p_retain_ms > 3153600000000) then
+        raise exception 'sentinel: retain_ms must be NULL or between 0 and 3153600000000 (100 years)'
+            using errcode = 'SN003';
+    end if;
+    if p_state = 'completed' and p_response is null then
+        raise exception 'sentinel: response must not be SQL NULL (use the JSON value null)'
+            using errcode = 'SN009';
+    end if;
+    if p_state = 'failed' and p_error is null then
+        raise exception 'sentinel: error must not be SQL NULL'
+            using errcode = 'SN009';
+    end if;
+    r := sentinel._finish(p_ns, p_key, p_fence, p_token, p_state, p_response, p_error, coalesce(p_permanent, false));
+    if r.outcome = 'recorded' and p_retain_ms is not null then
+        update sentinel.executions x
+           set retain_until = r.now + p_retain_ms * interval '1 millisecond'
+         where x.namespace = p_ns and x.key = p_key and x.fence = p_fence;
+    end if;
+    return r;
+end
+$$;
+comment on function sentinel._record(text, text, bigint, text, text, jsonb, jsonb, boolean, bigint) is
+    'Shared body of complete_v2/v3 and fail_v2/v3: the argument checks, _finish, and the retention of a recorded '
+    'outcome.';
+
 create function sentinel.complete_v2(namespace text, key text, fence bigint, response jsonb,
                                      retain_ms bigint default null)
     returns sentinel.finish_result_v1
@@ -239,30 +322,15 @@ create function sentinel.complete_v2(namespace text, key text, fence bigint, res
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
     as $$
-declare
-    r sentinel.finish_result_v1;
 begin
-    if complete_v2.retain_ms is not null and (complete_v2.retain_ms < 0 or complete_v2.retain_ms > 3153600000000) then
-        raise exception 'sentinel: retain_ms must be NULL or between 0 and 3153600000000 (100 years)'
-            using errcode = 'SN003';
-    end if;
-    if complete_v2.response is null then
-        raise exception 'sentinel: response must not be SQL NULL (use the JSON value null)'
-            using errcode = 'SN009';
-    end if;
-    r := sentinel._finish(complete_v2.namespace, complete_v2.key, complete_v2.fence,
-                          'completed', complete_v2.response, null, false);
-    if r.outcome = 'recorded' and complete_v2.retain_ms is not null then
-        update sentinel.executions x
-           set retain_until = r.now + complete_v2.retain_ms * interval '1 millisecond'
-         where x.namespace = complete_v2.namespace and x.key = complete_v2.key and x.fence = complete_v2.fence;
-    end if;
-    return r;
+    return sentinel._record(complete_v2.namespace, complete_v2.key, complete_v2.fence, null, 'completed',
+                            complete_v2.response, null, false, complete_v2.retain_ms);
 end
 $$;
 comment on function sentinel.complete_v2(text, text, bigint, jsonb, bigint) is
     'complete_v1 with retain_ms: when given, the record may be purged (purge_expired_v1) that long after it was '
-    'recorded; NULL keeps it until purge_v1. Outcomes and SQLSTATEs as complete_v1, plus SN003 for retain_ms.';
+    'recorded; NULL keeps it until purge_v1. Outcomes and SQLSTATEs as complete_v1, plus SN003 for retain_ms. '
+    'Legacy: asks no proof of the claim (complete_v3 does).';
 revoke all on function sentinel.complete_v2(text, text, bigint, jsonb, bigint) from public;
 
 create function sentinel.fail_v2(namespace text, key text, fence bigint, error jsonb,
@@ -273,28 +341,53 @@ create function sentinel.fail_v2(namespace text, key text, fence bigint, error j
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
     as $$
-declare
-    r sentinel.finish_result_v1;
 begin
-    if fail_v2.retain_ms is not null and (fail_v2.retain_ms < 0 or fail_v2.retain_ms > 3153600000000) then
-        raise exception 'sentinel: retain_ms must be NULL or between 0 and 3153600000000 (100 years)'
-            using errcode = 'SN003';
-    end if;
-    if fail_v2.error is null then
-        raise exception 'sentinel: error must not be SQL NULL'
-            using errcode = 'SN009';
-    end if;
-    r := sentinel._finish(fail_v2.namespace, fail_v2.key, fail_v2.fence,
-                          'failed', null, fail_v2.error, coalesce(fail_v2.permanent, false));
-    if r.outcome = 'recorded' and fail_v2.retain_ms is not null then
-        update sentinel.executions x
-           set retain_until = r.now + fail_v2.retain_ms * interval '1 millisecond'
-         where x.namespace = fail_v2.namespace and x.key = fail_v2.key and x.fence = fail_v2.fence;
-    end if;
-    return r;
+    return sentinel._record(fail_v2.namespace, fail_v2.key, fail_v2.fence, null, 'failed',
+                            null, fail_v2.error, fail_v2.permanent, fail_v2.retain_ms);
 end
 $$;
 comment on function sentinel.fail_v2(text, text, bigint, jsonb, boolean, bigint) is
     'fail_v1 with retain_ms (see complete_v2). Outcomes (recorded, already_recorded, uncertain, stale) and SQLSTATEs '
-    'as fail_v1, plus SN003 for retain_ms.';
+    'as fail_v1, plus SN003 for retain_ms. Legacy: asks no proof of the claim (fail_v3 does).';
 revoke all on function sentinel.fail_v2(text, text, bigint, jsonb, boolean, bigint) from public;
+
+create function sentinel.complete_v3(namespace text, key text, fence bigint, token text, response jsonb,
+                                     retain_ms bigint default null)
+    returns sentinel.finish_result_v1
+    language plpgsql volatile
+    security definer
+    set search_path = pg_catalog, pg_temp
+    set lock_timeout = '5s'
+    as $$
+begin
+    perform sentinel._check_token(complete_v3.token);
+    return sentinel._record(complete_v3.namespace, complete_v3.key, complete_v3.fence, complete_v3.token,
+                            'completed', complete_v3.response, null, false, complete_v3.retain_ms);
+end
+$$;
+comment on function sentinel.complete_v3(text, text, bigint, text, jsonb, bigint) is
+    'complete_v2 for the holder of the claim only: token is the one given to acquire_v2; with any other token the '
+    'outcome is stale and nothing changes. A retry of a recording that committed answers already_recorded when it '
+    'reports the same response, conflict when the stored one differs (it stands). Raises SN001, SN002, SN003, '
+    'SN004 (token), SN005, SN009, SN011, SN015, 42501.';
+revoke all on function sentinel.complete_v3(text, text, bigint, text, jsonb, bigint) from public;
+
+create function sentinel.fail_v3(namespace text, key text, fence bigint, token text, error jsonb,
+                                 permanent boolean default false, retain_ms bigint default null)
+    returns sentinel.finish_result_v1
+    language plpgsql volatile
+    security definer
+    set search_path = pg_catalog, pg_temp
+    set lock_timeout = '5s'
+    as $$
+begin
+    perform sentinel._check_token(fail_v3.token);
+    return sentinel._record(fail_v3.namespace, fail_v3.key, fail_v3.fence, fail_v3.token, 'failed',
+                            null, fail_v3.error, fail_v3.permanent, fail_v3.retain_ms);
+end
+$$;
+comment on function sentinel.fail_v3(text, text, bigint, text, jsonb, boolean, bigint) is
+    'fail_v2 for the holder of the claim only (see complete_v3): stale for any other token; a retry that reports '
+    'another error than the stored one answers conflict. Outcomes recorded, already_recorded, conflict, uncertain, '
+    'stale. Raises SN001, SN002, SN003, SN004 (token), SN005, SN009, SN015, 42501.';
+revoke all on function sentinel.fail_v3(text, text, bigint, text, jsonb, boolean, bigint) from public;

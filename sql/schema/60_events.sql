@@ -67,7 +67,9 @@ begin
 end
 $$;
 comment on function sentinel._events_append_only() is
-    'Trigger function: refuses UPDATE, DELETE and TRUNCATE on sentinel.events, except deletes made by purge_events_v1.';
+    'Trigger function: refuses UPDATE, DELETE and TRUNCATE on sentinel.events, except deletes made by purge_events_v1. '
+    'The setting it honours takes effect only for a role that may DELETE from sentinel.events: its owner and '
+    'superusers, who own the trigger too; no role granted by grant_v1 or grant_v2 has any table privilege.';
 revoke all on function sentinel._events_append_only() from public;
 
 create trigger events_append_only
@@ -86,6 +88,7 @@ create function sentinel.events_v1(namespace text, key text, max_rows integer de
     as $$
 begin
     perform sentinel._check_key(events_v1.namespace, events_v1.key);
+    perform sentinel._authorize(events_v1.namespace, array['app', 'probe', 'operator', 'purge'], 'read records');
     if events_v1.max_rows is null or events_v1.max_rows < 1 or events_v1.max_rows > 100000 then
         raise exception 'sentinel: max_rows must be between 1 and 100000' using errcode = 'SN006';
     end if;
@@ -100,5 +103,5 @@ begin
 end
 $$;
 comment on function sentinel.events_v1(text, text, integer) is
-    'The newest max_rows events of (namespace, key), oldest first. Raises SN001, SN002, SN006.';
+    'The newest max_rows events of (namespace, key), oldest first. Raises SN001, SN002, SN006, 42501.';
 revoke all on function sentinel.events_v1(text, text, integer) from public;
