@@ -47,10 +47,12 @@ from .errors import (
     PermanentFailure,
     PermissionDenied,
     ReconcileRefused,
+    RecordConflict,
     ResultNotSerializable,
     SchemaError,
     SentinelError,
     SerializationConflict,
+    TooManyWatchers,
     TransactionInProgress,
     UnknownRole,
 )
@@ -120,5 +122,7 @@ __all__ = [
     "LoginRefused",
     "ResultNotSerializable",
     "FencedOut",
+    "RecordConflict",
+    "TooManyWatchers",
     "__version__",
 ]

@@ -355,7 +355,7 @@ class Sentinel(Waiter):
             with conn.transaction():
                 self._check_schema(conn)
                 row = fetchone(conn, _ACQUIRE_SQL, (ns, call.key, self.owner, call.ttl, call.hard,
-                                                          call.fingerprint, None))
+                                                          call.fingerprint, call.token))
                 assert row is not None
                 outcome, fence, state, attempt, response, error = row[:6]
                 tx = Transaction(self, conn, call, outcome, fence, state, attempt,

@@ -276,7 +276,7 @@ class AsyncSentinel(AsyncWaiter):
         task was cancelled, for example by ``asyncio.wait_for`` or a
         ``TaskGroup``) is always re-raised to the caller at once. An *async*
         function is cancelled with its caller; it may have had effects, so the
-        key is marked uncertain at once (``abandon_v1``). A *sync* function
+        key is marked uncertain at once (``abandon_v2``). A *sync* function
         cannot be stopped in its thread, so nothing is abandoned: its lease is
         renewed until the thread really ends, other callers keep seeing
         ``execution_alive``, and its real outcome is recorded then, as if the
@@ -423,7 +423,7 @@ class AsyncSentinel(AsyncWaiter):
             async with conn.transaction():
                 await self._check_schema(conn)
                 row = await fetchone(conn, _ACQUIRE_SQL, (ns, call.key, self.owner, call.ttl, call.hard,
-                                                          call.fingerprint, None))
+                                                          call.fingerprint, call.token))
                 assert row is not None
                 outcome, fence, state, attempt, response, error = row[:6]
                 tx = AsyncTransaction(self, conn, call, outcome, fence, state, attempt,

@@ -92,6 +92,31 @@ def is_connection_loss(exc: BaseException) -> bool:
     return code is None or code.startswith("08") or code in _GONE
 
 
+def _permission_denied(exc: psycopg.Error) -> PermissionDenied:
+    """The PermissionDenied for a 42501, saying which grant gives the right that is missing."""
+    text = (exc.diag.message_primary or str(exc)).strip()
+    if text.startswith("sentinel: role "):
+        # A right missing in a namespace: the database names the role, the namespace and the grant.
+        hint = (exc.diag.message_hint or "").strip()
+        return PermissionDenied(f"{text[len('sentinel: '):]}; {hint}" if hint else text)
+    match = re.search(r"\bfunction (\w+)", text)
+    if match and match.group(1).startswith(("reconcile", "purge")):
+        # An operator's function: an application role lacks it by design.
+        return PermissionDenied(
+            f"{text}: this is an operator's function; the schema owner grants it with "
+            "`sentinel grant <role> --namespace <ns> --operator` (reconcile) or `--purge`"
+        )
+    if (match and match.group(1).endswith(("_v1", "_v2", "_v3"))) or "schema sentinel" in text:
+        return PermissionDenied(
+            f"{text}: the schema owner grants what an application needs with "
+            "`sentinel grant <role> --namespace <ns>` (or `select sentinel.grant_v2('<role>', '<ns>')`)"
+        )
+    return PermissionDenied(
+        f"{text}: only the schema owner (or a superuser) may do this; roles given `sentinel grant` "
+        "call the functions and touch no table"
+    )
+
+
 @contextlib.contextmanager
 def wrap_exceptions() -> Iterator[None]:
     """Translate psycopg errors into Sentinel's exceptions; let others pass."""
@@ -122,17 +147,7 @@ def wrap_exceptions() -> Iterator[None]:
                 f"'idle in transaction'): {(exc.diag.message_primary or str(exc)).strip()}"
             ) from exc
         if code == "42501":
-            text = str(exc).strip()
-            if re.search(r"\bfunction (reconcile|purge)", text):
-                # An operator's function: an application role lacks it by design.
-                raise PermissionDenied(
-                    f"{text}: this is an operator's function; the schema owner grants it with "
-                    "`select sentinel.grant_v1('<role>', operator => true)` or `sentinel grant <role> --operator`"
-                ) from exc
-            raise PermissionDenied(
-                f"{text}: the schema owner can grant what an application needs with "
-                "`select sentinel.grant_v1('<role>')` or `sentinel grant <role>`"
-            ) from exc
+            raise _permission_denied(exc) from exc
         if code in ("42883", "3F000", "42P01"):
             raise SchemaError(
                 "the Sentinel schema is not installed in this database "

@@ -40,6 +40,7 @@ from .errors import (
     InvalidText,
     InvalidTTL,
     KeyMismatch,
+    RecordConflict,
     ResultNotSerializable,
     SentinelError,
 )
@@ -236,15 +237,16 @@ class ClientCore:
 
     def _failure_params(self, call: _Call, fence: int, exc: BaseException, max_chars: int = 4000,
                         ) -> Tuple[Any, ...]:
-        """The arguments of fail_v2 for a function that raised ``exc``."""
+        """The arguments of fail_v3 for a function that raised ``exc``."""
         permanent = isinstance(exc, call.permanent) if call.permanent else False
-        return (self.namespace, call.key, fence, _error_document(exc, max_chars), permanent, call.retain_ms)
+        return (self.namespace, call.key, fence, call.token, _error_document(exc, max_chars), permanent,
+                call.retain_ms)
 
     def _failure_reported(
         self, call: _Call, fence: int, attempt: int, took: float, exc: BaseException,
         rec: Optional[Tuple[Any, ...]], **details: Any,
     ) -> None:
-        """Report what fail_v2 answered for a function that raised.
+        """Report what fail_v3 answered for a function that raised.
 
         ``uncertain`` is the database's rule for a late failure: the function
         raised after its lease was lost, may have had effects, and the key
@@ -254,6 +256,11 @@ class ClientCore:
         permanent = isinstance(exc, call.permanent) if call.permanent else False
         if rec is not None and rec[0] == "stale":
             self._emit("fenced", ns, key, fence, attempt, took, exc, state=rec[1], **details)
+        elif rec is not None and rec[0] == "conflict":
+            logger.error("%s/%s raised %s under fence %s, but that fence already holds another outcome, which "
+                         "stands (recorded without the claim's token)", ns, key, type(exc).__name__, fence,
+                         extra=_log_extra(ns, key, fence))
+            self._emit("fenced", ns, key, fence, attempt, took, exc, state=rec[1], conflict=True, **details)
         elif rec is not None and rec[0] == "uncertain":
             logger.warning("%s/%s raised %s after its lease was lost under fence %s; the key stays "
                            "uncertain (the error is kept for the reconciler)", ns, key, type(exc).__name__, fence,
@@ -279,7 +286,7 @@ class ClientCore:
             return False
 
     def _abandon_reported(self, ns: str, key: str, fence: int, reason: str, rec: Optional[Tuple[Any, ...]]) -> bool:
-        """Report what abandon_v1 answered; True if the database recorded the execution as uncertain."""
+        """Report what abandon_v2 answered; True if the database recorded the execution as uncertain."""
         log_extra = _log_extra(ns, key, fence)
         if rec is None:
             logger.error("could not mark %s/%s uncertain (database unavailable); it will read "
@@ -306,7 +313,7 @@ class ClientCore:
 
     def _completion(self, call: _Call, rec: Optional[Tuple[Any, ...]], value: Any, fence: int, attempt: int,
                     hard_at: datetime, took: float, **details: Any) -> Result:
-        """The Result of complete_v2's answer (or FencedOut when the key was reconciled meanwhile)."""
+        """The Result of complete_v3's answer (or FencedOut when the key was reconciled meanwhile)."""
         ns, key = self.namespace, call.key
         if rec is None:
             self._emit("completed", ns, key, fence, attempt, took, persisted=False, **details)
@@ -320,6 +327,17 @@ class ClientCore:
             raise FencedOut(
                 f"{ns}/{key}: the function ran under fence {fence}, but the key was reconciled meanwhile "
                 f"(state now {rec[1]}); its response was not recorded",
+                response=value, fence=fence, state=rec[1],
+            )
+        if rec[0] == "conflict":
+            self._emit("fenced", ns, key, fence, attempt, took, state=rec[1], conflict=True, **details)
+            logger.error("%s/%s: the function ran under fence %s, but that fence already holds another response, "
+                         "which stands (recorded without the claim's token); inspect the key's events",
+                         ns, key, fence, extra=_log_extra(ns, key, fence))
+            raise RecordConflict(
+                f"{ns}/{key}: the function ran under fence {fence}, but the record under that fence holds another "
+                "response, which every replay serves; it was written without the claim's token (a role with the "
+                "legacy complete_v1/complete_v2): see `sentinel events` for the key and reconcile it",
                 response=value, fence=fence, state=rec[1],
             )
         self._emit("completed", ns, key, fence, attempt, took, persisted=True, **details)
@@ -427,10 +445,10 @@ class TransactionState:
                 "nothing is recorded once the block rolls back", value=response, recorded=False) from exc
 
     def _params(self, text: str) -> Tuple[Any, ...]:
-        return (self._core.namespace, self._call.key, self.fence, text, self._call.retain_ms)
+        return (self._core.namespace, self._call.key, self.fence, self._call.token, text, self._call.retain_ms)
 
     def _recorded(self, row: Any, value: Any) -> Any:
-        """Take the answer of complete_v2: recorded, or an error saying why not."""
+        """Take the answer of complete_v3: recorded, or an error saying why not."""
         core, key = self._core, self._call.key
         if row is None or row[0] != "recorded":
             raise SentinelError(f"{core.namespace}/{key}: complete was refused ({row[0] if row else None})")

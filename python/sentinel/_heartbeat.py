@@ -18,17 +18,20 @@ from ._logs import throttle as _throttle
 
 logger = logging.getLogger("sentinel")
 
-HEARTBEAT_SQL = "select alive, state, lease_expires_at from sentinel.heartbeat_v1(%s, %s, %s)"
+HEARTBEAT_SQL = "select alive, state, lease_expires_at from sentinel.heartbeat_v2(%s, %s, %s, %s)"
 
 
 class Lease:
     """The heartbeat's view of one running execution."""
 
-    __slots__ = ("namespace", "key", "fence", "interval", "lost", "lost_reason", "id", "lease_expires_at",
+    __slots__ = ("namespace", "key", "fence", "token", "interval", "lost", "lost_reason", "id", "lease_expires_at",
                  "deadline", "on_lost", "hint")
 
-    def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int, deadline: Optional[float] = None) -> None:
+    def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int, deadline: Optional[float] = None,
+                 token: str = "") -> None:
         self.namespace = namespace
+        #: the claim's token (heartbeat_v2 renews only for its holder)
+        self.token = token
         #: time.monotonic() value of the hard deadline (estimated from the database clock)
         self.deadline = deadline
         self.key = key
@@ -134,7 +137,7 @@ class Renewals:
         return locked and not conn.broken and not conn.closed
 
     def _renewed(self, lease: Lease, row: Any, registered: bool) -> None:
-        """What heartbeat_v1 answered: renewed (schedule the next), or the execution is no longer ours."""
+        """What heartbeat_v2 answered: renewed (schedule the next), or the execution is no longer ours."""
         if row is not None and row[0]:
             lease.lease_expires_at = row[2]
             self._reschedule(lease, lease.interval)
@@ -155,7 +158,7 @@ class Heartbeater(Renewals):
     """Renews the leases of every in-flight execution of one ``Sentinel``.
 
     A single daemon thread, started on first use, sleeps until the next lease is
-    due, renews it with ``heartbeat_v1`` on its own connection, and sets the
+    due, renews it with ``heartbeat_v2`` on its own connection, and sets the
     lease's ``lost`` event when the database says the execution is no longer
     ours (lease lapsed, hard deadline passed, fence taken over). It never
     decides anything itself: the database does.
@@ -262,7 +265,8 @@ class Heartbeater(Renewals):
                             self._cannot_connect(lease, exc)
                             continue
                     try:
-                        row = protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence),
+                        params = (lease.namespace, lease.key, lease.fence, lease.token)
+                        row = protocol_row(conn, HEARTBEAT_SQL, params,
                                            explicit=self._explicit(), timeout=renewal_bound(self._timeout, lease))
                     except Exception as exc:
                         if not self._renewal_failed(lease, exc, conn):

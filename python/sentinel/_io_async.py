@@ -34,7 +34,7 @@ from ._sources_async import (
     make_source,
     protocol_row,
 )
-from ._support import channel
+from ._support import WatchIds, private_channel
 
 logger = logging.getLogger("sentinel")
 
@@ -52,8 +52,9 @@ class AsyncLease(Lease):
 
     __slots__ = ("alost", "_loop")
 
-    def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int, deadline: Optional[float]) -> None:
-        super().__init__(namespace, key, fence, ttl_ms, deadline)
+    def __init__(self, namespace: str, key: str, fence: int, ttl_ms: int, deadline: Optional[float],
+                 token: str = "") -> None:
+        super().__init__(namespace, key, fence, ttl_ms, deadline, token)
         self.alost = asyncio.Event()
         self._loop = asyncio.get_running_loop()
 
@@ -76,7 +77,7 @@ class AsyncHeartbeater(Renewals):
     """Renews the leases of every in-flight execution of one ``AsyncSentinel``.
 
     One asyncio task (named ``sentinel-heartbeat``), started on first use,
-    sleeps until the next lease is due, renews it with ``heartbeat_v1`` on a
+    sleeps until the next lease is due, renews it with ``heartbeat_v2`` on a
     connection of its own (held only while executions are in flight), and
     marks a lease lost when the database says the execution is no longer
     ours, or when the hard deadline passed while the database was
@@ -179,7 +180,8 @@ class AsyncHeartbeater(Renewals):
                             self._cannot_connect(lease, exc)
                             continue
                     try:
-                        row = await protocol_row(conn, HEARTBEAT_SQL, (lease.namespace, lease.key, lease.fence),
+                        params = (lease.namespace, lease.key, lease.fence, lease.token)
+                        row = await protocol_row(conn, HEARTBEAT_SQL, params,
                                                  explicit=self._explicit(),
                                                  timeout=renewal_bound(self._timeout, lease))
                     except Exception as exc:
@@ -205,7 +207,9 @@ class AsyncListener:
 
     def __init__(self, source: AsyncSource, namespace: str) -> None:
         self._source = source
-        self._channel = channel(namespace)
+        #: the channel this listener LISTENs on; watch_v2 sends its watchers' notifications there
+        self.channel = private_channel()
+        self.ids = WatchIds()
         self._waiters: Dict[str, List[asyncio.Event]] = {}
         self.ready = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sentinel-listener")
@@ -234,12 +238,13 @@ class AsyncListener:
             while True:
                 try:
                     async with self._source.dedicated() as conn:
-                        await conn.execute(sql.SQL("listen {}").format(sql.Identifier(self._channel)))
+                        await conn.execute(sql.SQL("listen {}").format(sql.Identifier(self.channel)))
                         self.ready.set()
                         backoff = 0.1
                         # No timeout: the task is cancelled on close() (works with psycopg 3.1 too).
                         async for note in conn.notifies():
-                            for event in self._waiters.get(note.payload, ()):
+                            key = self.ids.key(note.payload)
+                            for event in self._waiters.get(key, ()) if key is not None else ():
                                 event.set()
                 except Exception as exc:
                     self.ready.clear()

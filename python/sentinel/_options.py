@@ -9,7 +9,7 @@ import random
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Type
 
 from ._logs import held_back, one_line
@@ -47,9 +47,10 @@ _ACQUIRE_SQL = (
     "select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at,"
     " hard_expires_at, now from sentinel.acquire_v2(%s, %s, %s, %s, %s, true, %s, %s)"
 )
-_COMPLETE_SQL = "select outcome, state from sentinel.complete_v2(%s, %s, %s, %s::jsonb, %s)"
-_FAIL_SQL = "select outcome, state from sentinel.fail_v2(%s, %s, %s, %s::jsonb, %s, %s)"
-_ABANDON_SQL = "select outcome, state from sentinel.abandon_v1(%s, %s, %s, %s)"
+# The calls that change a claim present its token: (namespace, key, fence, token, ...).
+_COMPLETE_SQL = "select outcome, state from sentinel.complete_v3(%s, %s, %s, %s, %s::jsonb, %s)"
+_FAIL_SQL = "select outcome, state from sentinel.fail_v3(%s, %s, %s, %s, %s::jsonb, %s, %s)"
+_ABANDON_SQL = "select outcome, state from sentinel.abandon_v2(%s, %s, %s, %s, %s)"
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,14 @@ class _Call:
     permanent: Tuple[Type[BaseException], ...]
     #: the call gave neither ttl_ms nor hard_ttl_ms: it runs under the client's defaults
     defaulted: bool = False
+    #: drawn per call: sent with acquire_v2, it is the proof of the claim every later call presents
+    token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
 
 
 class _AcquireRetry:
     """The retry of an acquire whose reply may have been lost (sync and async paths alike).
 
-    Each call draws a random token and sends it with ``acquire_v2``. When the
+    Each call draws a random token (``_Call.token``) and sends it with ``acquire_v2``. When the
     connection breaks after the statement went out, the claim may have been
     committed without our knowing it: the same call asks again, with the same
     token, and the database hands the claim back (same fence) if it was made.
@@ -84,7 +87,7 @@ class _AcquireRetry:
     __slots__ = ("token", "retries", "_asked", "_answered", "_until", "_delay", "_ttl_s", "_conflicts")
 
     def __init__(self, call: _Call) -> None:
-        self.token = secrets.token_hex(16)
+        self.token = call.token
         self.retries = 0
         self._asked = False  # an acquire went out
         self._answered = False  # ... and its answer came back: never ask again after that

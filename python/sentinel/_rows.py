@@ -59,6 +59,10 @@ class EventRow(TypedDict):
     reason: Optional[str]
     at: datetime
     details: Any
+    #: the login role (session_user) of the call that caused the event (None before schema version 12)
+    db_user: Optional[str]
+    #: the role it had set with SET ROLE, if any
+    db_role: Optional[str]
 
 
 class Stats(TypedDict):

@@ -138,7 +138,7 @@ class AsyncRunner(AsyncOperations):
         """Give back a claim whose function never started: a retryable failure saying so, never uncertain."""
         ns, key = self.namespace, call.key
         try:
-            rec = await self._record(None, _FAIL_SQL, (ns, key, fence, _not_started_document(exc), False,
+            rec = await self._record(None, _FAIL_SQL, (ns, key, fence, call.token, _not_started_document(exc), False,
                                                        call.retain_ms), time.monotonic() + 2.0)
         except Exception as err:  # never hide the original exception
             rec = None
@@ -151,7 +151,7 @@ class AsyncRunner(AsyncOperations):
     ) -> Result:
         """Run the function of a claimed key under its lease, then record what happened."""
         ns, key = self.namespace, call.key
-        lease = AsyncLease(ns, key, fence, call.ttl, deadline)
+        lease = AsyncLease(ns, key, fence, call.ttl, deadline, call.token)
         lease.hint = self._ttl_hint(call)
         ctx = AsyncExecutionContext(ns, key, fence, attempt, claimed_at, hard_at, lease)
         fn_args = (ctx, *call.args) if call.pass_context else call.args
@@ -212,7 +212,7 @@ class AsyncRunner(AsyncOperations):
         self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, fence: int, attempt: int,
         exc: Exception, took: float, deadline: float, **details: Any,
     ) -> Optional[Tuple[Any, ...]]:
-        """Record that the function raised ``exc`` (fail_v2), with a shorter document if the DBA's cap asks."""
+        """Record that the function raised ``exc`` (fail_v3), with a shorter document if the DBA's cap asks."""
         try:
             rec = await self._record(conn, _FAIL_SQL, self._failure_params(call, fence, exc), deadline)
         except DocumentTooLarge:  # the DBA's cap is below our document: a shorter one still records it
@@ -224,7 +224,7 @@ class AsyncRunner(AsyncOperations):
         self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, value: Any, fence: int, attempt: int,
         hard_at: datetime, deadline: float, took: float, **details: Any,
     ) -> Result:
-        """Record the function's return value (complete_v2); uncertain if it cannot be stored."""
+        """Record the function's return value (complete_v3); uncertain if it cannot be stored."""
         try:
             text, recorded_value = self._to_json(value)
         except Exception as exc:
@@ -232,8 +232,8 @@ class AsyncRunner(AsyncOperations):
                                            deadline=deadline)
             raise self._unserialisable(call, value, exc, recorded, refused=False) from exc
         try:
-            rec = await self._record(conn, _COMPLETE_SQL, (self.namespace, call.key, fence, text, call.retain_ms),
-                                     deadline)
+            rec = await self._record(conn, _COMPLETE_SQL,
+                                     (self.namespace, call.key, fence, call.token, text, call.retain_ms), deadline)
         except (psycopg.DataError, DocumentTooLarge) as exc:
             # The database refused the JSON (a \u0000 escape in jsonb, a document over its cap).
             recorded = await self._abandon(conn, call, fence, f"result refused by the database: {exc}",
@@ -308,10 +308,10 @@ class AsyncRunner(AsyncOperations):
         self, conn: Optional[psycopg.AsyncConnection[Any]], call: _Call, fence: int, reason: str, *,
         deadline: Optional[float],
     ) -> bool:
-        """Mark our execution uncertain (abandon_v1); True if the database recorded it."""
+        """Mark our execution uncertain (abandon_v2); True if the database recorded it."""
         ns, key, reason = self.namespace, call.key, reason[:MAX_REASON_CHARS]
         try:
-            rec = await self._record(conn, _ABANDON_SQL, (ns, key, fence, reason),
+            rec = await self._record(conn, _ABANDON_SQL, (ns, key, fence, call.token, reason),
                                      deadline if deadline is not None else time.monotonic())
         except Exception as exc:  # never hide the original exception
             logger.error("could not mark %s/%s uncertain: %s", ns, key, exc, extra=_log_extra(ns, key, fence))

@@ -18,8 +18,10 @@ from .errors import SchemaError
 logger = logging.getLogger("sentinel")
 
 #: The protocol versions this client speaks: the ``_v1`` functions, and
-#: ``complete_v2``/``fail_v2`` (recording with retention).
-API_VERSIONS = (1, 2)
+#: ``complete_v2``/``fail_v2`` (recording with retention), and version 3: the calls that
+#: change a claim present its token (``heartbeat_v2``, ``complete_v3``, ``fail_v3``,
+#: ``abandon_v2``) and private notifications (``watch_v2``).
+API_VERSIONS = (1, 2, 3)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_(pre|post)_([a-z0-9_]+)\.sql$")
 

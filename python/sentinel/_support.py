@@ -8,6 +8,7 @@ import decimal
 import hashlib
 import json
 import logging
+import secrets
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -146,9 +147,25 @@ class ResponseCache:
 # -- waiting for another worker's outcome --------------------------------------------
 
 
-def channel(namespace: str) -> str:
-    """The LISTEN channel of a namespace, as sentinel.channel_v1 computes it."""
-    return "sentinel_" + hashlib.md5(namespace.encode("utf-8")).hexdigest()
+def private_channel() -> str:
+    """A LISTEN channel for one listener: random, so only it hears the notifications of its watchers (watch_v2)."""
+    return "sentinel_w_" + secrets.token_hex(20)
+
+
+class WatchIds:
+    """Which key each of a listener's watchers (watch_v2 ids, the payloads it receives) waits for."""
+
+    def __init__(self) -> None:
+        self._keys: Dict[str, str] = {}
+
+    def bind(self, watch_id: int, key: str) -> None:
+        self._keys[str(watch_id)] = key
+
+    def unbind(self, watch_id: int) -> None:
+        self._keys.pop(str(watch_id), None)
+
+    def key(self, payload: str) -> Optional[str]:
+        return self._keys.get(payload)
 
 
 class Listener:
@@ -160,7 +177,9 @@ class Listener:
 
     def __init__(self, source: Source, namespace: str) -> None:
         self._source = source
-        self._channel = channel(namespace)
+        #: the channel this listener LISTENs on; watch_v2 sends its watchers' notifications there
+        self.channel = private_channel()
+        self.ids = WatchIds()
         self._waiters: Dict[str, List[threading.Event]] = {}
         self._lock = threading.Lock()
         self.ready = threading.Event()
@@ -191,7 +210,7 @@ class Listener:
         while not self._closed:
             try:
                 with self._source.dedicated() as conn:
-                    conn.execute(sql.SQL("listen {}").format(sql.Identifier(self._channel)))
+                    conn.execute(sql.SQL("listen {}").format(sql.Identifier(self.channel)))
                     self.ready.set()
                     backoff = 0.1
                     while not self._closed:
@@ -206,8 +225,9 @@ class Listener:
                 backoff = min(backoff * 2, 5.0)
         self.ready.clear()
 
-    def _wake(self, key: str) -> None:
+    def _wake(self, payload: str) -> None:
         with self._lock:
-            events = list(self._waiters.get(key, ()))
+            key = self.ids.key(payload)
+            events = list(self._waiters.get(key, ())) if key is not None else []
         for event in events:
             event.set()

@@ -38,9 +38,10 @@ class AsyncWaiter(AsyncRunner):
         """Wait for another worker's outcome: NOTIFY wakes us, polling is the fallback.
 
         The database notifies only watched keys, so once LISTEN is in place the
-        waiter registers with ``watch_v1`` and only then asks again (one
-        acquire per round), so a notification can never fall in between; it
-        removes its watcher with ``unwatch_v1`` when it stops waiting. Until
+        waiter registers with ``watch_v2`` (on its listener's private channel,
+        whose payloads are watcher ids) and only then asks again (one acquire
+        per round), so a notification can never fall in between; it removes
+        its watcher with ``unwatch_v1`` when it stops waiting. Until
         the listener is ready (or when LISTEN or the watch cannot work) it
         polls every ``poll_interval_ms``, waking early as soon as LISTEN is in
         place; it never waits for the listener beyond its own deadline.
@@ -55,7 +56,7 @@ class AsyncWaiter(AsyncRunner):
             while True:
                 if listener is not None and listener.ready.is_set() and not watch_tried:
                     watch_tried = True
-                    watch_id = await self._watch(call.key, deadline)
+                    watch_id = await self._watch(listener, call.key, deadline)
                 listening = watch_id is not None and listener is not None and listener.ready.is_set()
                 if event is not None:
                     event.clear()
@@ -77,19 +78,25 @@ class AsyncWaiter(AsyncRunner):
             if listener is not None and event is not None:
                 listener.unregister(call.key, event)
             if watch_id is not None:
+                if listener is not None:
+                    listener.ids.unbind(watch_id)
                 await self._unwatch(watch_id)
 
-    async def _watch(self, key: str, deadline: float) -> Optional[int]:
-        """Ask the database to NOTIFY ``key``'s outcome until ``deadline``; None if it cannot (then we poll)."""
+    async def _watch(self, listener: AsyncListener, key: str, deadline: float) -> Optional[int]:
+        """Ask the database to NOTIFY ``key``'s outcome to ``listener`` until ``deadline``; None if it cannot."""
         ms = max(1, min(2_592_000_000, int((deadline - time.monotonic()) * 1000) + 1))
         try:
             async with self._source.connection() as conn:
                 with wrap_exceptions():
-                    row = await protocol_row(conn, "select sentinel.watch_v1(%s, %s, %s)", (self.namespace, key, ms),
+                    row = await protocol_row(conn, "select sentinel.watch_v2(%s, %s, %s, %s)",
+                                             (self.namespace, key, ms, listener.channel),
                                              explicit=self._explicit_rc, timeout=self.options.reply_s)
-            return int(row[0]) if row else None
+            if not row:
+                return None
+            listener.ids.bind(int(row[0]), key)
+            return int(row[0])
         except SentinelError as exc:
-            logger.debug("watch_v1 failed (%s); polling instead", exc)
+            logger.debug("watch_v2 failed (%s); polling instead", exc)
             return None
 
     async def _unwatch(self, watch_id: int) -> None:
