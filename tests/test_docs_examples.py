@@ -177,10 +177,10 @@ def test_the_sql_examples_of_operations_failures_and_guide_run(dsn: str) -> None
             if not c.execute("select 1 from pg_roles where rolname = %s", (r,)).fetchone():
                 c.execute(f"create role {r}")
         ran = 0
-        for page in ("operations.md", "failures.md", "guide.md"):
+        for page in ("operations.md", "failures.md", "guide.md", "tenants.md"):
             for block in _sql_blocks(ROOT / "docs" / page):
                 cron = re.search(r"cron\.schedule\([^$]*\$\$(.*?)\$\$", block, re.S)
                 statement = cron.group(1) if cron else block
                 c.execute(statement.encode())
                 ran += 1
-        assert ran == 4, ran
+        assert ran == 6, ran

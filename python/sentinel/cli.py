@@ -161,6 +161,11 @@ def _scope(args: argparse.Namespace) -> Optional[str]:
     return "*" if args.all_namespaces else args.namespace
 
 
+def _script(done: Sequence[str]) -> str:
+    """What grant_v*/revoke_v1 did, as a script psql could run: the statements, and the rest as comments."""
+    return "".join(f"{s};\n" if s.startswith(("grant ", "revoke ")) else f"-- {s}\n" for s in done)
+
+
 def cmd_grant(args: argparse.Namespace, out: TextIO) -> int:
     """Give ROLE rights in a namespace and EXECUTE on the functions they need.
 
@@ -184,7 +189,7 @@ def cmd_grant(args: argparse.Namespace, out: TextIO) -> int:
     statements: List[str] = list(row[0]) if row else []
     data = {"role": args.role, "namespace": scope, "rights": _rights(args) if scope else None,
             "operator": args.operator, "statements": statements}
-    _emit(args, data, lambda: "".join(s + ";\n" for s in statements), out)
+    _emit(args, data, lambda: _script(statements), out)
     return EXIT_OK
 
 
@@ -203,7 +208,7 @@ def cmd_revoke(args: argparse.Namespace, out: TextIO) -> int:
                            (args.role, _scope(args), kinds, args.legacy)).fetchone()
     done: List[str] = list(row[0]) if row else []
     _emit(args, {"role": args.role, "namespace": _scope(args), "rights": kinds, "legacy": args.legacy,
-                 "statements": done}, lambda: "".join(s + ";\n" for s in done), out)
+                 "statements": done}, lambda: _script(done), out)
     return EXIT_OK
 
 
