@@ -85,7 +85,7 @@ def test_grant_unknown_role_is_a_clear_error(conn: psycopg.Connection[Any]) -> N
 
 
 def test_the_operations_guide_shows_the_grant_function() -> None:
-    assert "select sentinel.grant_v1('app');" in (ROOT / "docs" / "operations.md").read_text()
+    assert "select sentinel.grant_v2('app', 'payments');" in (ROOT / "docs" / "operations.md").read_text()
 
 
 def test_an_app_role_can_run_check_and_status_as_a_readiness_probe(app_dsn: str) -> None:

@@ -14,40 +14,26 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, Optional, Sequence, TextIO
 
 import psycopg
 
-from ._conn import login_refused, wrap_exceptions
+from ._cli_grants import add_grant_commands
+from ._cli_io import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    _connect,
+    _dsn,
+    _emit,
+    _table,
+    plain,
+)
 from ._durability import DEFAULT_FENCE_MARGIN, durability, fence_gap, resync_fences
 from ._ops import Operations
 from ._schema import API_VERSIONS, init_db, migrations, status
 from .errors import DatabaseUnavailable, LoginRefused, ReconcileRefused, SentinelError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
-
-
-def _dsn(args: argparse.Namespace) -> str:
-    given: Optional[str] = (getattr(args, "dsn", None) or os.environ.get("SENTINEL_DSN")
-                            or os.environ.get("DATABASE_URL"))
-    return given or ""  # empty: libpq reads PGHOST, PGDATABASE, ...
-
-
-def _connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(_dsn(args), autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        if login_refused(exc) is not None:
-            with wrap_exceptions():
-                raise
-        raise DatabaseUnavailable(f"cannot connect: {str(exc).strip()}") from exc
-
-
-def _emit(args: argparse.Namespace, data: Dict[str, Any], text: Callable[[], str], out: TextIO) -> None:
-    if args.json:
-        out.write(json.dumps(data, indent=2, default=str) + "\n")
-    else:
-        out.write(text())
 
 
 def cmd_sql(args: argparse.Namespace, out: TextIO) -> int:
@@ -150,90 +136,6 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _rights(args: argparse.Namespace) -> List[str]:
-    """The rights --probe/--operator/--purge/--app name (app alone when none is given)."""
-    chosen = [k for k in ("app", "probe", "operator", "purge") if getattr(args, k, False)]
-    return chosen or ["app"]
-
-
-def _scope(args: argparse.Namespace) -> Optional[str]:
-    """The namespace --namespace or --all-namespaces names ('*'), or None for neither."""
-    return "*" if args.all_namespaces else args.namespace
-
-
-def _script(done: Sequence[str]) -> str:
-    """What grant_v*/revoke_v1 did, as a script psql could run: the statements, and the rest as comments."""
-    return "".join(f"{s};\n" if s.startswith(("grant ", "revoke ")) else f"-- {s}\n" for s in done)
-
-
-def cmd_grant(args: argparse.Namespace, out: TextIO) -> int:
-    """Give ROLE rights in a namespace and EXECUTE on the functions they need.
-
-    --namespace NS (or --all-namespaces) with --probe, --operator or --purge
-    (default: the app right): the role proves its claims with their token and
-    never gets the legacy calls. Without a namespace: the grant of earlier
-    versions, every namespace and the legacy calls (--operator adds reconcile
-    and purge).
-    """
-    from ._conn import wrap_exceptions
-
-    scope = _scope(args)
-    if scope is None and (args.probe or args.purge or args.app):
-        sys.stderr.write("sentinel grant: --probe, --purge and --app need --namespace NS or --all-namespaces\n")
-        return EXIT_USAGE
-    with _connect(args) as conn, wrap_exceptions():
-        if scope is None:
-            row = conn.execute("select sentinel.grant_v1(%s, %s)", (args.role, args.operator)).fetchone()
-        else:
-            row = conn.execute("select sentinel.grant_v2(%s, %s, %s)", (args.role, scope, _rights(args))).fetchone()
-    statements: List[str] = list(row[0]) if row else []
-    data = {"role": args.role, "namespace": scope, "rights": _rights(args) if scope else None,
-            "operator": args.operator, "statements": statements}
-    _emit(args, data, lambda: _script(statements), out)
-    return EXIT_OK
-
-
-def cmd_revoke(args: argparse.Namespace, out: TextIO) -> int:
-    """Take rights back from ROLE: in one namespace or all, of the kinds named or all.
-
-    --legacy also revokes the legacy calls (the ones that change a claim
-    without its token): run it for every role once all clients speak
-    protocol version 3. A role left without rights loses every function.
-    """
-    from ._conn import wrap_exceptions
-
-    kinds = [k for k in ("app", "probe", "operator", "purge") if getattr(args, k, False)] or None
-    with _connect(args) as conn, wrap_exceptions():
-        row = conn.execute("select sentinel.revoke_v1(%s, %s, %s, %s)",
-                           (args.role, _scope(args), kinds, args.legacy)).fetchone()
-    done: List[str] = list(row[0]) if row else []
-    _emit(args, {"role": args.role, "namespace": _scope(args), "rights": kinds, "legacy": args.legacy,
-                 "statements": done}, lambda: _script(done), out)
-    return EXIT_OK
-
-
-def cmd_rights(args: argparse.Namespace, out: TextIO) -> int:
-    """Who holds which right in which namespace ('*': every namespace), and who still has the legacy calls."""
-    from ._conn import wrap_exceptions
-
-    with _connect(args) as conn, wrap_exceptions():
-        rows = conn.execute(
-            "select r.role::text, r.namespace, r.kind, r.granted_at, r.granted_by,"
-            " has_function_privilege(r.role::oid, 'sentinel.complete_v1(text, text, bigint, jsonb)', 'execute')"
-            " from sentinel.rights r join pg_roles g on g.oid = r.role::oid"
-            " where %s::text is null or r.role::text = %s order by 1, 2, 3",
-            (args.role, args.role)).fetchall()
-    records = [{"role": r[0], "namespace": r[1], "right": r[2], "granted_at": r[3], "granted_by": r[4],
-                "legacy_calls": bool(r[5])} for r in rows]
-    _emit(args, {"rights": records}, lambda: _table(
-        ["role", "namespace", "right", "legacy calls", "granted by"],
-        [[r["role"], r["namespace"], r["right"], "yes" if r["legacy_calls"] else "no", r["granted_by"]]
-         for r in records]) if records else "no rights\n", out)
-    return EXIT_OK
-
-
-# -- operations ------------------------------------------------------------------
-
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -268,38 +170,6 @@ def _age(now: Any, then: Any) -> str:
         if secs >= size:
             return f"{secs / size:.1f}{unit}"
     return f"{secs:.1f}s"
-
-
-def plain(value: Any) -> str:
-    """``value`` as one line of text a terminal shows as it is: control and format characters escaped.
-
-    Keys, owners, actors and reasons are chosen by applications; printed raw,
-    a newline would forge table rows and an ANSI escape would reach the
-    operator's terminal. They are shown as Python escapes (``\\n``,
-    ``\\x1b``, ``\\u202e``), a backslash as ``\\\\``.
-    """
-    text = "" if value is None else str(value)
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable() or ch == " ":
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[plain(v) for v in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-
-    def line(r: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
-
-    return "\n".join([line(list(headers))] + [line(r) for r in cells]) + "\n"
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
@@ -400,35 +270,6 @@ def cmd_purge(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _add_grant_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """grant, revoke and rights, with their shared --namespace and right flags."""
-    rights = argparse.ArgumentParser(add_help=False)
-    scope = rights.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", help="the namespace the rights hold in")
-    scope.add_argument("--all-namespaces", action="store_true", help="every namespace ('*')")
-    rights.add_argument("--app", action="store_true", help="the protocol and reading records (the default right)")
-    rights.add_argument("--probe", action="store_true", help="resolve uncertain keys (reconcile without force)")
-    rights.add_argument("--operator", action="store_true", help="reconcile any key (with a namespace); without "
-                                                                   "one, the legacy grant with reconcile and purge")
-    rights.add_argument("--purge", action="store_true", help="purge records (with --all-namespaces, the event log)")
-
-    p = sub.add_parser("grant", parents=[common, rights], help="grant a role rights in a namespace",
-                       description=cmd_grant.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("role", metavar="ROLE")
-    p.set_defaults(func=cmd_grant)
-
-    p = sub.add_parser("revoke", parents=[common, rights], help="take rights back from a role",
-                       description=cmd_revoke.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("role", metavar="ROLE")
-    p.add_argument("--legacy", action="store_true", help="also revoke the calls that change a claim without its token")
-    p.set_defaults(func=cmd_revoke)
-
-    p = sub.add_parser("rights", parents=[common], help="who holds which right in which namespace",
-                       description=cmd_rights.__doc__)
-    p.add_argument("role", metavar="ROLE", nargs="?", help="only this role")
-    p.set_defaults(func=cmd_rights)
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dsn", help="libpq connection string or URL (default: $SENTINEL_DSN, $DATABASE_URL, "
@@ -478,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "fences handed out after the restore point")
     p.set_defaults(func=cmd_resync_fences)
 
-    _add_grant_commands(sub, common)
+    add_grant_commands(sub, common)
 
     ns = argparse.ArgumentParser(add_help=False)
     ns.add_argument("-n", "--namespace", default=os.environ.get("SENTINEL_NAMESPACE", "default"),
