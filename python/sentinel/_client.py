@@ -267,11 +267,6 @@ class Sentinel(Waiter):
             result = self._probe(probe, result, call)
         return result
 
-
-
-    # -- operator calls ----------------------------------------------------
-
-
     # -- decorator ---------------------------------------------------------
 
     def idempotent(

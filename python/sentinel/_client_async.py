@@ -331,11 +331,6 @@ class AsyncSentinel(AsyncWaiter):
             result = await self._probe(probe, result, call)
         return result
 
-
-
-    # -- operator calls ----------------------------------------------------
-
-
     # -- decorator ---------------------------------------------------------
 
     def idempotent(
