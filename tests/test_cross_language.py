@@ -1,5 +1,9 @@
 """Cross-language: Python and Node workers race on the same keys through the SQL protocol.
 
+Every worker logs in as one role granted only the race's namespace
+(``sentinel.grant_v2``), so both clients run on the token calls of protocol
+version 3 alone.
+
 Needs Node.js 20 and the example's dependencies (``npm ci --prefix examples/node``);
 without them the test FAILS with the command to run, it never skips. It runs in
 a CI step of its own, not in ``make test``.
@@ -29,8 +33,9 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import psycopg
 import pytest
@@ -191,18 +196,47 @@ def run_node_once(node: str, dsn: str, namespace: str, key: str) -> Dict[str, An
         worker.stop()
 
 
+@contextmanager
+def app_role(dsn: str, namespace: str) -> Iterator[tuple[str, str]]:
+    """A login role granted only ``namespace`` (grant_v2: no tokenless call); yields (role, its DSN)."""
+    role, password = f"xl_{uuid.uuid4().hex[:12]}", secrets.token_hex(16)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("create role {} login password {}").format(sql.Identifier(role), sql.Literal(password)))
+        admin.execute("select sentinel.grant_v2(%s, %s)", (role, namespace))
+        legacy = admin.execute(
+            "select count(*) from unnest(array['sentinel.acquire_v1(text, text, text, bigint, bigint, boolean, text)',"
+            " 'sentinel.heartbeat_v1(text, text, bigint)', 'sentinel.complete_v1(text, text, bigint, jsonb)']) f"
+            " where has_function_privilege(%s, f, 'execute')", (role,)).fetchone()
+        assert legacy == (0,), "a grant_v2 role must not execute the tokenless calls"
+    try:
+        yield role, psycopg.conninfo.make_conninfo(dsn, user=role, password=password)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("delete from sentinel.rights where role = to_regrole(%s)", (role,))
+            admin.execute("delete from sentinel.watchers where role = to_regrole(%s)", (role,))
+            admin.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
 # -- the test -----------------------------------------------------------------------
 
 
 def test_python_and_node_race_on_the_same_keys(dsn: str, namespace: str) -> None:
     node = node_binary()
+    with app_role(dsn, namespace) as (role, role_dsn):
+        race_and_replay(node, dsn, role, role_dsn, namespace)
+
+
+def race_and_replay(node: str, admin_dsn: str, role: str, dsn: str, namespace: str) -> None:
+    """The race of the workers (logged in with ``dsn``), then replays across the languages."""
     table = f"ledger_{uuid.uuid4().hex[:12]}"
     lock = random.randrange(1, 2**31)
     keys = [f"order-{i:02d}" for i in range(N_KEYS)]
     workers: List[Proc] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("create table {} (key text not null, language text not null, pid integer not null)")
                      .format(sql.Identifier(table)))
+        conn.execute(sql.SQL("grant insert on table {} to {}").format(sql.Identifier(table), sql.Identifier(role)))
         try:
             conn.execute("select pg_advisory_lock(%s)", (lock,))  # the start barrier, closed
             for i in range(max(N_PYTHON, N_NODE)):

@@ -1,4 +1,4 @@
-// A Node.js client of the Sentinel SQL protocol (docs/protocol.md).
+// A Node.js client of the Sentinel SQL protocol, version 3 (docs/protocol.md).
 //
 //   import pg from 'pg';
 //   import { once } from './sentinel.js';
@@ -14,11 +14,17 @@
 //   else if (result.uncertain) { /* the outcome is unknown: reconcile before retrying */ }
 //   else { return result.response; }   // fresh or replayed
 //
-// Like the Python driver it holds no protocol logic of its own: every decision
-// is taken by the database functions. once() = acquire_v1 (straight to
-// executing), run fn while a timer renews the lease every ttlMs / 3 on a
-// client of its own, then complete_v1 or fail_v1 (abandon_v1 when the result
-// cannot be stored). Every call is one autocommit statement.
+// Like the Python driver it holds no protocol logic of its own: the database
+// functions take every decision (the argument rules, the outcomes, the
+// fencing); this client runs them, renews the lease and reports what they
+// answered. once() draws a random token, the proof of its claim, and calls
+// acquire_v2 with it (straight to executing); it runs fn while a timer renews
+// the lease every ttlMs / 3 with heartbeat_v2 on a client of its own, then
+// records complete_v3 or fail_v3 (abandon_v2 when the result cannot be
+// stored), each presenting the token. Every call is one autocommit statement.
+// These are the calls of protocol version 3, which a role granted one
+// namespace (`sentinel grant ROLE --namespace NS`, select
+// sentinel.grant_v2('role', 'ns')) may execute.
 //
 // Pool sizing: while fn runs, once() holds one client of the pool for its
 // heartbeat; give the pool at least (concurrent once() calls) * 2 clients if fn
@@ -32,14 +38,11 @@ import pg from 'pg';
 
 // The protocol's limits and SQLSTATEs, defined once for every client (sql/protocol.json).
 const PROTOCOL = JSON.parse(readFileSync(new URL('../../sql/protocol.json', import.meta.url), 'utf8'));
-const LIMITS = PROTOCOL.limits;
 
-export const API_VERSION = 1;
-export const MAX_KEY_BYTES = LIMITS.max_key_bytes;
-export const MAX_TTL_MS = LIMITS.max_ttl_ms;
-const MAX_REASON_CHARS = LIMITS.max_reason_chars;
-const MAX_FINGERPRINT_CHARS = LIMITS.max_fingerprint_chars;
-const NAMESPACE_RE = new RegExp(LIMITS.namespace_pattern);
+/** The protocol version this client speaks: the database must list it in api_versions(). */
+export const API_VERSION = 3;
+// abandon_v2 refuses a longer reason; the reasons this client writes are cut to it.
+const MAX_REASON_CHARS = PROTOCOL.limits.max_reason_chars;
 
 // --- errors -----------------------------------------------------------------
 
@@ -56,7 +59,7 @@ export class DatabaseUnavailable extends SentinelError {
   constructor(message, props) { super(message, props); this.name = 'DatabaseUnavailable'; }
 }
 
-/** The schema is missing, or does not provide protocol version 1. */
+/** The schema is missing, or does not provide protocol version 3. */
 export class SchemaError extends SentinelError {
   constructor(message, props) { super(message, props); this.name = 'SchemaError'; }
 }
@@ -69,6 +72,22 @@ export class KeyMismatch extends SentinelError {
 /** fn ran, but the key was reconciled meanwhile: its response (in .response) was not recorded. */
 export class FencedOut extends SentinelError {
   constructor(message, props) { super(message, props); this.name = 'FencedOut'; }
+}
+
+/**
+ * fn ran, but complete_v3 answered conflict: the record under its fence already holds another
+ * response, which stands and which every replay serves. Only the holder of the claim's token can
+ * record under it, so that response was written without the token, by a role that still has the
+ * legacy complete_v1/complete_v2. .response holds what fn returned; inspect the key's events and
+ * reconcile it if the stored response is wrong.
+ */
+export class RecordConflict extends SentinelError {
+  constructor(message, props) { super(message, props); this.name = 'RecordConflict'; }
+}
+
+/** The database role may not make this call (SQLSTATE 42501); the message names the grant to ask for. */
+export class PermissionDenied extends SentinelError {
+  constructor(message, props) { super(message, props); this.name = 'PermissionDenied'; }
 }
 
 /** fn ran, but its return value cannot be stored as JSON: the key is marked uncertain. */
@@ -100,6 +119,15 @@ function wrapError(err, what) {
   }
   if (typeof err?.code === 'string' && err.code.startsWith('SN')) {
     return new ProtocolError(err.message, { code: err.code, cause: err });
+  }
+  if (err?.code === '42501') {
+    // A right missing in a namespace: the database names the role, the namespace and the grant
+    // in its hint. A function this role may not execute at all: name the grant that gives it.
+    const message = err.hint ? `${err.message}; ${err.hint}`
+      : `${err.message}: the schema owner grants what an application needs in a namespace with ` +
+        "`sentinel grant <role> --namespace <ns>` (or `select sentinel.grant_v2('<role>', '<ns>')`)";
+    return new PermissionDenied(`sentinel: ${what}: ${message.replace(/^sentinel: /, '')}`,
+      { code: err.code, cause: err });
   }
   if (err?.code === '3F000' || err?.code === '42883') {
     return new SchemaError(
@@ -172,28 +200,24 @@ export function owner() {
   return ownerTag;
 }
 
-function checkKey(key) {
-  if (typeof key !== 'string') throw new ProtocolError(`key must be a string, got ${typeof key}`, { code: 'SN001' });
-  if (key === '') throw new ProtocolError('key must be a non-empty string', { code: 'SN001' });
-  if (key.includes('\0')) throw new ProtocolError('key must not contain NUL characters', { code: 'SN001' });
-  const size = Buffer.byteLength(key, 'utf8');
-  if (size > MAX_KEY_BYTES) {
-    throw new ProtocolError(`key is ${size} bytes long in UTF-8; the maximum is ${MAX_KEY_BYTES}`, { code: 'SN001' });
+// What JavaScript cannot hand over as the SQL types expect. Every rule on the
+// values themselves (lengths, ranges, the namespace pattern, hard >= ttl) is the
+// database's: acquire_v2 refuses them with a SQLSTATE of class SN, raised here as
+// the ProtocolError of that name, before anything runs.
+function checkTypes({ namespace, key, fn, ttlMs, hardTtlMs, fingerprint }) {
+  for (const [name, value, code] of [['namespace', namespace, 'SN002'], ['key', key, 'SN001']]) {
+    if (typeof value !== 'string') throw new ProtocolError(`${name} must be a string, got ${typeof value}`, { code });
+    // PostgreSQL text cannot hold NUL: the database would never see such a value.
+    if (value.includes('\0')) throw new ProtocolError(`${name} must not contain NUL characters`, { code });
   }
-}
-
-function checkNamespace(ns) {
-  if (typeof ns !== 'string' || !NAMESPACE_RE.test(ns)) {
-    throw new ProtocolError(
-      `invalid namespace ${JSON.stringify(ns)}: use 1 to 63 characters of a-z, 0-9, '_', '.' or '-', starting with a letter or digit`,
-      { code: 'SN002' });
+  if (typeof fn !== 'function') throw new TypeError(`fn must be a function, got ${typeof fn}`);
+  for (const [name, value] of [['ttlMs', ttlMs], ['hardTtlMs', hardTtlMs ?? 1]]) {
+    if (!Number.isSafeInteger(value)) {
+      throw new ProtocolError(`${name} must be an integer number of milliseconds, got ${value}`, { code: 'SN003' });
+    }
   }
-}
-
-function checkTtl(name, value) {
-  if (!Number.isSafeInteger(value) || value <= 0 || value > MAX_TTL_MS) {
-    throw new ProtocolError(`${name} must be an integer number of milliseconds between 1 and ${MAX_TTL_MS}, got ${value}`,
-      { code: 'SN003' });
+  if (fingerprint !== null && typeof fingerprint !== 'string') {
+    throw new ProtocolError(`fingerprint must be a string or null, got ${typeof fingerprint}`, { code: 'SN004' });
   }
 }
 
@@ -213,18 +237,22 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // --- the protocol calls ----------------------------------------------------------
 
+// Protocol version 3: the calls that change a claim present the token given to acquire_v2.
 const ACQUIRE_SQL =
   'select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at, hard_expires_at, now ' +
-  'from sentinel.acquire_v1(namespace => $1, key => $2, owner => $3, ttl_ms => $4, hard_ttl_ms => $5, ' +
-  'start => true, fingerprint => $6)';
-const HEARTBEAT_SQL = 'select alive, state, lease_expires_at from sentinel.heartbeat_v1($1, $2, $3)';
-const COMPLETE_SQL = 'select outcome, state, fence from sentinel.complete_v1($1, $2, $3, $4::jsonb)';
-const FAIL_SQL = 'select outcome, state, fence from sentinel.fail_v1($1, $2, $3, $4::jsonb, false)';
-const ABANDON_SQL = 'select outcome, state, fence from sentinel.abandon_v1($1, $2, $3, $4)';
+  'from sentinel.acquire_v2(namespace => $1, key => $2, owner => $3, ttl_ms => $4, hard_ttl_ms => $5, ' +
+  'start => true, fingerprint => $6, token => $7)';
+const HEARTBEAT_SQL = 'select alive, state, lease_expires_at from sentinel.heartbeat_v2($1, $2, $3, $4)';
+const COMPLETE_SQL = 'select outcome, state, fence from sentinel.complete_v3($1, $2, $3, $4, $5::jsonb, null)';
+const FAIL_SQL = 'select outcome, state, fence from sentinel.fail_v3($1, $2, $3, $4, $5::jsonb, false, null)';
+const ABANDON_SQL = 'select outcome, state, fence from sentinel.abandon_v2($1, $2, $3, $4, $5)';
+
+/** A fresh proof of a claim: 32 hex digits from the operating system's random source. */
+const newToken = () => crypto.randomBytes(16).toString('hex');
 
 const checkedPools = new WeakMap();
 
-/** Once per pool: refuse a database whose schema does not provide protocol v1. */
+/** Once per pool: refuse a database whose schema does not provide protocol version 3. */
 export function checkSchema(pool) {
   let p = checkedPools.get(pool);
   if (!p) {
@@ -238,7 +266,9 @@ export function checkSchema(pool) {
       if (!row.versions.includes(API_VERSION)) {
         throw new SchemaError(
           `sentinel: the database provides protocol versions [${row.versions}], not ${API_VERSION}: ` +
-          'this client is too old for it');
+          (Math.max(...row.versions) < API_VERSION
+            ? `its schema (version ${row.version}) is older than this client: upgrade it with \`sentinel migrate\``
+            : 'this client is too old for it'));
       }
       return row.version;
     })();
@@ -265,25 +295,22 @@ export function checkSchema(pool) {
  * Its return value is stored as JSON (undefined as null); the fresh caller gets
  * the same decoded JSON that later callers get replayed. A throw is recorded as
  * failed (the next call retries) and rethrown unchanged.
+ *
+ * Rejects with ProtocolError (an argument the database refused: nothing ran),
+ * PermissionDenied (this role has no right in the namespace: nothing ran),
+ * KeyMismatch, FencedOut (the key was reconciled while fn ran), RecordConflict
+ * (the fence already holds another response, written without the claim's
+ * token) or ResultNotSerializable.
  */
 export async function once(pool, {
-  namespace = 'default', key, fn, ttlMs = 3000, hardTtlMs, fingerprint = null, log = defaultLog,
+  namespace = 'default', key, fn, ttlMs = 3000, hardTtlMs = null, fingerprint = null, log = defaultLog,
 } = {}) {
-  checkNamespace(namespace);
-  checkKey(key);
-  if (typeof fn !== 'function') throw new TypeError(`fn must be a function, got ${typeof fn}`);
-  checkTtl('ttlMs', ttlMs);
-  const hard = hardTtlMs ?? ttlMs;
-  checkTtl('hardTtlMs', hard);
-  if (hard < ttlMs) throw new ProtocolError(`hardTtlMs (${hard}) must be >= ttlMs (${ttlMs})`, { code: 'SN003' });
-  if (fingerprint !== null && (typeof fingerprint !== 'string' || fingerprint === '' || fingerprint.length > MAX_FINGERPRINT_CHARS)) {
-    throw new ProtocolError(`fingerprint must be a string of 1 to ${MAX_FINGERPRINT_CHARS} characters`, { code: 'SN004' });
-  }
-
+  checkTypes({ namespace, key, fn, ttlMs, hardTtlMs, fingerprint });
   await checkSchema(pool);
+  const token = newToken();
   let row;
   try {
-    row = await query(pool, ACQUIRE_SQL, [namespace, key, owner(), ttlMs, hard, fingerprint]);
+    row = await query(pool, ACQUIRE_SQL, [namespace, key, owner(), ttlMs, hardTtlMs, fingerprint, token]);
   } catch (err) {
     throw wrapError(err, `acquiring ${namespace}/${key}`);
   }
@@ -307,18 +334,21 @@ export async function once(pool, {
       throw new SentinelError(`unexpected acquire outcome ${row.outcome}`);
   }
 
-  // The hard deadline as a local monotonic instant, from the database's clock difference.
+  const what = `${namespace}/${key}`;
+  const fence = row.fence;
+  // The hard deadline as a local monotonic instant, from the database's clock difference:
+  // recordings are retried until then.
   const deadline = performance.now() + Math.max(row.hard_expires_at - row.now, 0);
-  const lease = new Heartbeat(pool, namespace, key, row.fence, ttlMs, log);
+  const lease = new Heartbeat(pool, namespace, key, fence, token, ttlMs, log);
   const ctx = {
-    namespace, key, fence: row.fence, attempt: row.attempt,
+    namespace, key, fence, attempt: row.attempt,
     claimedAt: row.claimed_at, hardExpiresAt: row.hard_expires_at,
     signal: lease.controller.signal,
     get leaseLost() { return lease.controller.signal.aborted; },
     get leaseExpiresAt() { return lease.leaseExpiresAt; },
   };
-  const rec = (sql, values) => record(pool, sql, values, deadline, log, `${namespace}/${key}`);
-  const abandon = (reason) => abandonExecution(pool, namespace, key, row.fence, reason, deadline, log);
+  const rec = (sql, ...values) => record(pool, sql, [namespace, key, fence, token, ...values], deadline, log, what);
+  const abandon = (reason) => abandonExecution(rec, reason.slice(0, MAX_REASON_CHARS), log, what);
 
   lease.start();
   let value;
@@ -326,13 +356,25 @@ export async function once(pool, {
     value = await fn(ctx);
   } catch (err) {
     await lease.stop();
-    const r = await rec(FAIL_SQL, [namespace, key, row.fence, errorDocument(err)]);
-    if (r?.outcome === 'stale') {
-      log('warn', `${namespace}/${key} failed under a stale fence ${row.fence}; the failure was not recorded`);
-    } else if (r?.outcome === 'uncertain') {
-      // The database's rule: a failure after the lease was lost may follow effects.
-      log('warn', `${namespace}/${key} failed after its lease was lost under fence ${row.fence}; ` +
-        'the key stays uncertain (the error is kept for the reconciler)');
+    const r = await rec(FAIL_SQL, errorDocument(err));
+    switch (r?.outcome) {
+      case 'recorded': case 'already_recorded':
+        break;
+      case 'uncertain': // a failure after the lease was lost may follow effects
+        log('warn', `${what} failed after its lease was lost under fence ${fence}; ` +
+          'the key stays uncertain (the error is kept for the reconciler)');
+        break;
+      case 'conflict':
+        log('error', `${what} failed under fence ${fence}, but that fence already holds another error, which ` +
+          'stands (recorded without the claim\'s token); inspect the key\'s events');
+        break;
+      case undefined:
+        log('error', `${what} failed under fence ${fence}; the failure could not be recorded before the hard ` +
+          'deadline: other callers will see the key uncertain');
+        break;
+      default: // stale
+        log('warn', `${what} failed under fence ${fence}, which is no longer current (state now ${r.state}); ` +
+          'the failure was not recorded');
     }
     throw err;
   }
@@ -345,39 +387,51 @@ export async function once(pool, {
     if (typeof text !== 'string') throw new TypeError(`JSON.stringify returned ${typeof text}`);
     recorded = JSON.parse(text);
   } catch (err) {
-    const marked = await abandon(`result not serialisable: ${err.name}: ${err.message}`.slice(0, MAX_REASON_CHARS));
+    const marked = await abandon(`result not serialisable: ${err.name}: ${err.message}`);
     throw new ResultNotSerializable(
-      `${namespace}/${key}: the function ran but its result could not be serialised to JSON (${err.message}); ` +
+      `${what}: the function ran but its result could not be serialised to JSON (${err.message}); ` +
       'the key is marked uncertain and will not run again until reconciled',
       { value, recorded: marked, cause: err });
   }
 
   let r;
   try {
-    r = await rec(COMPLETE_SQL, [namespace, key, row.fence, text]);
+    r = await rec(COMPLETE_SQL, text);
   } catch (err) {
-    if (typeof err?.code === 'string' && err.code.startsWith('22')) {
-      // PostgreSQL refused the JSON (say a \u0000 escape in jsonb).
-      const marked = await abandon(`result refused by the database: ${err.message}`.slice(0, MAX_REASON_CHARS));
+    if (typeof err?.code === 'string' && (err.code.startsWith('22') || err.code === 'SN015')) {
+      // PostgreSQL refused the JSON (say a \u0000 escape in jsonb), or it is over the DBA's cap.
+      const marked = await abandon(`result refused by the database: ${err.message}`);
       throw new ResultNotSerializable(
-        `${namespace}/${key}: the function ran but PostgreSQL refused its result as jsonb (${err.message}); ` +
+        `${what}: the function ran but the database refused to store its result (${err.message}); ` +
         'the key is marked uncertain and will not run again until reconciled',
         { value, recorded: marked, cause: err });
     }
-    throw wrapError(err, `recording ${namespace}/${key}`);
+    throw wrapError(err, `recording ${what}`);
   }
-  if (r === null) {
-    log('error', `${namespace}/${key} ran under fence ${row.fence} but its response could not be recorded ` +
-      'before the hard deadline; other callers will see it uncertain');
-    return result({ ...base, state: 'executing', response: recorded, persisted: false, hardExpiresAt: row.hard_expires_at });
+  const ran = { ...base, response: recorded, hardExpiresAt: row.hard_expires_at };
+  switch (r?.outcome) {
+    case 'recorded': case 'already_recorded':
+      return result({ ...ran, state: r.state });
+    case undefined:
+      log('error', `${what} ran under fence ${fence} but its response could not be recorded ` +
+        'before the hard deadline; other callers will see it uncertain');
+      return result({ ...ran, state: 'executing', persisted: false });
+    case 'stale':
+      throw new FencedOut(
+        `${what}: the function ran under fence ${fence}, but the key was reconciled meanwhile ` +
+        `(state now ${r.state}); its response was not recorded`,
+        { response: recorded, fence, state: r.state });
+    case 'conflict':
+      log('error', `${what}: the function ran under fence ${fence}, but that fence already holds another ` +
+        'response, which stands (recorded without the claim\'s token)');
+      throw new RecordConflict(
+        `${what}: the function ran under fence ${fence}, but the record under that fence holds another response, ` +
+        'which every replay serves; it was written without the claim\'s token (a role with the legacy ' +
+        'complete_v1/complete_v2): see the key\'s events (sentinel events) and reconcile it',
+        { response: recorded, fence, state: r.state });
+    default:
+      throw new SentinelError(`${what}: unexpected outcome ${r.outcome} from complete_v3`);
   }
-  if (r.outcome === 'stale') {
-    throw new FencedOut(
-      `${namespace}/${key}: the function ran under fence ${row.fence}, but the key was reconciled meanwhile ` +
-      `(state now ${r.state}); its response was not recorded`,
-      { response: recorded, fence: row.fence, state: r.state });
-  }
-  return result({ ...base, state: 'completed', response: recorded, hardExpiresAt: row.hard_expires_at });
 }
 
 function result(fields) {
@@ -404,11 +458,16 @@ function defaultLog(level, message) {
   if (level !== 'debug') console.error(`sentinel ${level}: ${message}`);
 }
 
+// A lock timeout or a serialization failure wrote nothing and leaves the connection usable.
+const RETRY_SQLSTATES = new Set(['55P03', '40001', '40P01']);
+
 /**
- * Runs a recording call (complete_v1, fail_v1, abandon_v1), retrying on a fresh
- * client while the connection fails, until the deadline. Resolves to the row,
- * or null if the database stayed out of reach. Other errors are thrown. A call
- * that committed but whose answer was lost comes back as 'already_recorded'.
+ * Runs a recording call (complete_v3, fail_v3, abandon_v2), retrying on a fresh
+ * client while the connection fails (or a lock timeout or serialization failure
+ * aborts it), until the deadline. Resolves to the row, or null if no answer came
+ * before the deadline. Other errors are thrown. A call that committed but whose
+ * answer was lost is asked again with the same token: the database answers
+ * already_recorded.
  */
 async function record(pool, sql, values, deadline, log, what) {
   let delay = 50;
@@ -416,7 +475,7 @@ async function record(pool, sql, values, deadline, log, what) {
     try {
       return await query(pool, sql, values);
     } catch (err) {
-      if (!isConnectionError(err)) throw err;
+      if (!isConnectionError(err) && !RETRY_SQLSTATES.has(err?.code)) throw err;
       const remaining = deadline - performance.now();
       if (remaining <= 0) return null;
       log('warn', `${what}: recording failed (${err.message}); retrying for up to ${(remaining / 1000).toFixed(1)} s`);
@@ -426,33 +485,34 @@ async function record(pool, sql, values, deadline, log, what) {
   }
 }
 
-async function abandonExecution(pool, namespace, key, fence, reason, deadline, log) {
+/** Marks our execution uncertain with abandon_v2; true if the database recorded it (or released the claim). */
+async function abandonExecution(rec, reason, log, what) {
   try {
-    const r = await record(pool, ABANDON_SQL, [namespace, key, fence, reason], deadline, log, `${namespace}/${key}`);
+    const r = await rec(ABANDON_SQL, reason);
     if (r === null) {
-      log('error', `${namespace}/${key}: could not be marked uncertain (database unavailable); it will read ` +
+      log('error', `${what}: could not be marked uncertain (database unavailable); it will read ` +
         'uncertain once its lease lapses');
       return false;
     }
-    log('warn', `${namespace}/${key} marked ${r.outcome}: ${reason}`);
+    log('warn', `${what} marked ${r.outcome}: ${reason}`);
     return r.outcome === 'uncertain' || r.outcome === 'released';
   } catch (err) {
-    log('error', `${namespace}/${key}: could not be marked uncertain: ${err.message}`);
+    log('error', `${what}: could not be marked uncertain: ${err.message}`);
     return false;
   }
 }
 
 /**
- * Renews one execution's lease every ttlMs / 3 with heartbeat_v1, on a client
- * of its own checked out of the pool at the first beat. A lost connection costs
- * one beat: the next beat takes a fresh client. When the database answers
- * alive = false the AbortController is aborted and the timer stops: the
- * execution is no longer ours (lease lapsed, hard deadline passed, or the key
- * was reconciled under a new fence).
+ * Renews one execution's lease every ttlMs / 3 with heartbeat_v2 (presenting the
+ * claim's token), on a client of its own checked out of the pool at the first
+ * beat. A lost connection costs one beat: the next beat takes a fresh client.
+ * When the database answers alive = false the AbortController is aborted and the
+ * timer stops: the execution is no longer ours (lease lapsed, hard deadline
+ * passed, or the key was reconciled or recorded meanwhile).
  */
 class Heartbeat {
-  constructor(pool, namespace, key, fence, ttlMs, log) {
-    Object.assign(this, { pool, namespace, key, fence, log });
+  constructor(pool, namespace, key, fence, token, ttlMs, log) {
+    Object.assign(this, { pool, namespace, key, fence, token, log });
     this.intervalMs = Math.max(Math.floor(ttlMs / 3), 10);
     this.controller = new AbortController();
     this.client = null;
@@ -472,7 +532,7 @@ class Heartbeat {
     const what = `${this.namespace}/${this.key}`;
     try {
       this.client ??= await this.pool.connect();
-      const row = await query(this.client, HEARTBEAT_SQL, [this.namespace, this.key, this.fence]);
+      const row = await query(this.client, HEARTBEAT_SQL, [this.namespace, this.key, this.fence, this.token]);
       this.beats += 1;
       if (row.alive) {
         this.leaseExpiresAt = row.lease_expires_at;
@@ -482,7 +542,8 @@ class Heartbeat {
       clearInterval(this.timer);
       this.controller.abort(new SentinelError(`${what}: lease lost under fence ${this.fence} (state ${row.state})`));
     } catch (err) {
-      this.log('warn', `${what}: heartbeat failed (${err.message}); retrying at the next beat`);
+      this.log('warn', `${what}: heartbeat failed (${wrapError(err, 'renewing the lease').message}); ` +
+        'retrying at the next beat');
       if (this.client) {
         this.client.release(err); // destroys the client: the next beat connects afresh
         this.client = null;

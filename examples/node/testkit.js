@@ -62,6 +62,44 @@ export async function ensureSchema(pool) {
 
 export const uniqueNamespace = () => `node-${crypto.randomBytes(8).toString('hex')}`;
 
+/** DSN with the login of another role: user and password appended (the last one wins, in a URL or a key=value string). */
+export function dsnAs(user, password) {
+  if (/^postgres(ql)?:\/\//.test(DSN)) {
+    const q = `user=${encodeURIComponent(user)}&password=${encodeURIComponent(password)}`;
+    return `${DSN}${DSN.includes('?') ? '&' : '?'}${q}`;
+  }
+  return `${DSN === '-' ? '' : DSN} user=${user} password=${password}`;
+}
+
+/**
+ * A login role with a password of its own, created through the admin pool and
+ * granted with grant_v2 on one namespace ({namespace}), with grant_v1 on every
+ * namespace and the legacy tokenless calls ({legacy: true}), or nothing.
+ * Returns {role, dsn, pool (logged in as the role), drop()}.
+ */
+export async function loginRole(admin, { namespace = null, legacy = false } = {}) {
+  const role = `node_${crypto.randomBytes(6).toString('hex')}`;
+  const password = crypto.randomBytes(16).toString('hex');
+  await admin.query(`create role ${role} login password '${password}'`);
+  if (legacy) await admin.query('select sentinel.grant_v1($1)', [role]);
+  else if (namespace !== null) await admin.query('select sentinel.grant_v2($1, $2)', [role, namespace]);
+  const dsn = dsnAs(role, password);
+  const pool = new pg.Pool({ ...connectionConfig(dsn), max: 4, application_name: 'sentinel-node-test' });
+  pool.on('error', () => {});
+  return {
+    role,
+    dsn,
+    pool,
+    async drop() {
+      await pool.end();
+      await admin.query('delete from sentinel.rights where role = to_regrole($1)', [role]);
+      await admin.query('delete from sentinel.watchers where role = to_regrole($1)', [role]);
+      await admin.query(`drop owned by ${role}`);
+      await admin.query(`drop role ${role}`);
+    },
+  };
+}
+
 /** Polls fn until it returns a truthy value (returned), or fails after timeoutMs naming what. */
 export async function waitFor(fn, timeoutMs, what) {
   const deadline = Date.now() + timeoutMs;

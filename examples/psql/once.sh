@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # once.sh: run a shell command at most once per key, coordinated by Sentinel,
-# with nothing but bash and psql. It speaks the SQL protocol directly
-# (docs/protocol.md): acquire_v1, heartbeat_v1 from a second psql in the
-# background, then complete_v1, fail_v1 or abandon_v1.
+# with nothing but bash and psql. It speaks protocol version 3 of the SQL
+# protocol directly (docs/protocol.md): acquire_v2 with a random token drawn
+# for the call (the proof of its claim), heartbeat_v2 from a second psql in
+# the background, then complete_v3, fail_v3 or abandon_v2, each presenting the
+# token. A role granted one namespace (`sentinel grant ROLE --namespace NS`)
+# may execute exactly these calls. The database decides every outcome; once.sh
+# runs the command, renews the lease and reports what the database answered.
 #
 #   once.sh [-d DSN] [-n NAMESPACE] [-t TTL_MS] [-H HARD_TTL_MS] [-f FINGERPRINT] [-w WAIT_MS] [-q] KEY -- COMMAND [ARG...]
 #   once.sh [-d DSN] demo
@@ -39,11 +43,16 @@
 #          until the hard deadline: the output was printed, not recorded
 #   206  the command ran, but its output could not be stored (for example
 #          invalid UTF-8): the key is marked uncertain, never re-run
-#   207  the database could not be reached, or the schema is missing: nothing ran
+#   207  the database could not be reached, or the schema is missing or older
+#          than protocol version 3 (upgrade it with `sentinel migrate`): nothing ran
 #   208  bad usage or a bad argument (namespace, key, TTL): nothing ran
-#   209  this role may not call a function it needs (the schema owner grants
-#          it: `select sentinel.grant_v1('<role>')`, with operator => true for
-#          reconcile and purge): nothing ran
+#   209  this role may not claim keys in the namespace (the schema owner grants
+#          it: `sentinel grant <role> --namespace <ns>`, or
+#          `select sentinel.grant_v2('<role>', '<ns>')`): nothing ran
+#   210  conflict: the command ran, but the key's record under its fence already
+#          holds another response, written without the claim's token by a role
+#          with the legacy complete_v1/complete_v2; that response stands. The
+#          command's output went to stderr and was not recorded
 set -euo pipefail
 
 prog=${0##*/}
@@ -122,32 +131,60 @@ encode_output() {
     fi
 }
 
+# The proof of this call's claim: 32 hex digits from the kernel's random
+# source (od is in coreutils), else from `openssl rand`. It is a secret: the
+# psql scripts get it in their text on stdin (`\set token ...`), never as a
+# command-line argument, which other local users could read in ps.
+new_token() {
+    local t
+    t=$(od -An -N16 -tx1 /dev/urandom 2>/dev/null | tr -d ' \n') || t=
+    case $t in
+        ????????????????????????????????) ;;
+        *) t=$(openssl rand -hex 16 2>/dev/null) || t= ;;
+    esac
+    case $t in
+        *[!0-9a-f]*|'') die 207 "cannot draw a random token: neither /dev/urandom nor \`openssl rand\` works here; nothing ran" ;;
+    esac
+    [ "${#t}" -eq 32 ] || die 207 "cannot draw a random token (got ${#t} hex digits); nothing ran"
+    TOKEN=$t
+}
+
 # ---------------------------------------------------------------------------
 
 once() {
     local key=$1; shift
     local owner
     owner="$(uname -n 2>/dev/null || echo host):$$:$RANDOM$RANDOM"
+    new_token
 
     # 1. acquire: claim the key and start executing, or learn its state. One
-    #    round trip; a replay writes nothing. hard_ms_left is measured with the
-    #    database clock (hard_expires_at - now), never this machine's.
+    #    round trip, after the check that the schema provides protocol version
+    #    3 (in the same psql call); a replay writes nothing. hard_ms_left is
+    #    measured with the database clock (hard_expires_at - now), never this
+    #    machine's.
     local rc wait_until=$(( $(now_ms) + WAIT ))
     while :; do
     rc=0
     query -v ns="$NS" -v key="$key" -v owner="$owner" -v ttl="$TTL" -v hard="$HARD" -v fp="$FP" <<SQL || rc=$?
+\\set token $TOKEN
+select 3 = any (sentinel.api_versions()) as v3, sentinel.api_versions()::text as versions \\gset
+\\if :v3
 select outcome, fence, state, attempt,
        coalesce($RESPONSE_TEXT, ''),
        coalesce(error::text, ''),
        greatest(ceil(extract(epoch from hard_expires_at - now) * 1000), 0)::bigint,
        $RESPONSE_ENCODING
-  from sentinel.acquire_v1(namespace   => :'ns',
+  from sentinel.acquire_v2(namespace   => :'ns',
                            key         => :'key',
                            owner       => :'owner',
                            ttl_ms      => :'ttl',
                            hard_ttl_ms => nullif(:'hard', '')::bigint,
                            start       => true,
-                           fingerprint => nullif(:'fp', ''))
+                           fingerprint => nullif(:'fp', ''),
+                           token       => :'token')
+\\else
+select 'old schema', :'versions'
+\\endif
 SQL
     if [ "$rc" -ne 0 ]; then
         # With VERBOSITY=verbose psql prints "ERROR:  SQLSTATE: message".
@@ -156,11 +193,15 @@ SQL
             exit 208          # the server refused an argument (SN001..SN004): nothing ran
         fi
         if grep -q 'ERROR: *42501' "$work/err"; then
-            grep 'ERROR:' "$work/err" >&2
-            die 209 "this role may not call sentinel.acquire_v1: the schema owner grants it with \`select sentinel.grant_v1('<role>')\` (or \`sentinel grant <role>\`); nothing ran"
+            # The database names the role, the namespace and the grant (ERROR and HINT).
+            grep '^\(psql:.*\)\?\(ERROR\|HINT\):' "$work/err" >&2
+            die 209 "this role may not claim keys in namespace $NS: the schema owner grants it with \`sentinel grant <role> --namespace $NS\` (or \`select sentinel.grant_v2('<role>', '$NS')\`); nothing ran"
         fi
         grep -v '^\(CONTEXT\|LOCATION\|SQL statement\|PL/pgSQL\)' "$work/err" >&2 || true
         die 207 "cannot acquire $NS/$key: database unavailable or schema missing; nothing ran"
+    fi
+    if [ "${F[0]:-}" = 'old schema' ]; then
+        die 207 "the database provides protocol versions ${F[1]:-?}, not 3: upgrade its schema with \`sentinel migrate\`; nothing ran"
     fi
     [ "${F[0]}" = alive ] && [ "$(now_ms)" -lt "$wait_until" ] || break
     [ -n "${waiting:-}" ] || say "$NS/$key: being executed by another worker; waiting up to ${WAIT} ms"
@@ -181,7 +222,7 @@ SQL
         failed)    say "$NS/$key: failed permanently (fence $fence): $error"; exit 202 ;;
         mismatch)  say "$NS/$key: was used with another fingerprint"; exit 203 ;;
         acquired)  ;;
-        *)         die 207 "unexpected outcome '$outcome' from acquire_v1" ;;
+        *)         die 207 "unexpected outcome '$outcome' from acquire_v2" ;;
     esac
     say "$NS/$key: acquired fence $fence (attempt $attempt); running: $*"
 
@@ -199,7 +240,7 @@ SQL
     cmd_pid=
     stop_heartbeat
 
-    # 3. Record the outcome under our fence.
+    # 3. Record the outcome under our fence, presenting our token.
     if [ "$status" -gt 128 ]; then
         # Killed by a signal: it may have had effects. Mark it uncertain now
         # rather than letting others wait for the lease to lapse.
@@ -208,18 +249,19 @@ SQL
     fi
     encode_output "$work/stdout"
     if [ "$status" -ne 0 ]; then
-        record "$key" "$fence" "$deadline" fail_v1 \
-            "sentinel.fail_v1(:'ns', :'key', :'fence', jsonb_build_object('exit', $status, '$OUT_FIELD', left(:'out', -1)))"
+        record "$key" "$fence" "$deadline" fail_v3 \
+            "sentinel.fail_v3(:'ns', :'key', :'fence', :'token', jsonb_build_object('exit', $status, '$OUT_FIELD', left(:'out', -1)), false, null)"
         case ${F[0]:-} in
             recorded|already_recorded) say "$NS/$key: failed with exit status $status (recorded; the next call retries)" ;;
             stale) say "$NS/$key: failed with exit status $status, but fence $fence is no longer current (state ${F[1]:-gone}): not recorded" ;;
             uncertain) say "$NS/$key: failed with exit status $status after its lease was lost: the key stays uncertain (the output is kept for the reconciler)" ;;
+            conflict) say "$NS/$key: CONFLICT: failed with exit status $status, but fence $fence already holds another error, written without the claim's token; it stands and this failure was not recorded" ;;
             *) say "$NS/$key: failed with exit status $status; the failure could not be recorded" ;;
         esac
         exit "$status"
     fi
-    record "$key" "$fence" "$deadline" complete_v1 \
-        "sentinel.complete_v1(:'ns', :'key', :'fence', jsonb_build_object('$OUT_FIELD', left(:'out', -1)))"
+    record "$key" "$fence" "$deadline" complete_v3 \
+        "sentinel.complete_v3(:'ns', :'key', :'fence', :'token', jsonb_build_object('$OUT_FIELD', left(:'out', -1)), null)"
     case ${F[0]:-} in
         recorded|already_recorded)
             say "$NS/$key: completed under fence $fence (${F[0]})"
@@ -227,6 +269,9 @@ SQL
         stale)
             say "$NS/$key: FENCED OUT: the command ran under fence $fence, but the key is now ${F[1]:-gone} under fence ${F[2]:-none}; its output (below) was not recorded"
             cat "$work/stdout" >&2; exit 204 ;;
+        conflict)
+            say "$NS/$key: CONFLICT: the command ran under fence $fence, but the record under that fence already holds another response, written without the claim's token (a role with the legacy complete_v1/complete_v2); that response stands and every replay serves it. The output (below) was not recorded: see the key's events (sentinel events) and reconcile it"
+            cat "$work/stdout" >&2; exit 210 ;;
         unreachable)
             say "$NS/$key: the command ran, but its response could not be recorded before the hard deadline; others will see the key uncertain"
             cat "$work/stdout"; exit 205 ;;
@@ -236,7 +281,7 @@ SQL
             say "$NS/$key: the command ran, but its output could not be stored (psql or the server refused it); the key is marked uncertain"
             exit 206 ;;
     esac
-    die 207 "unexpected outcome '${F[0]:-}' from $4"
+    die 207 "unexpected outcome '${F[0]:-}' from complete_v3"
 }
 
 # The heartbeat: a background loop of short psql calls, each on its own
@@ -249,8 +294,9 @@ heartbeat() {
     interval=$(printf '%d.%03d' $(( interval / 1000 )) $(( interval % 1000 )))
     trap - INT TERM HUP EXIT
     while sleep "$interval"; do
-        if ! alive=$(db -v ns="$NS" -v key="$key" -v fence="$fence" 2> "$work/hb-err" <<'SQL' | tr '\0' ' '
-select alive, coalesce(state, 'gone') from sentinel.heartbeat_v1(:'ns', :'key', :'fence')
+        if ! alive=$(db -v ns="$NS" -v key="$key" -v fence="$fence" 2> "$work/hb-err" <<SQL | tr '\0' ' '
+\\set token $TOKEN
+select alive, coalesce(state, 'gone') from sentinel.heartbeat_v2(:'ns', :'key', :'fence', :'token')
 SQL
         ); then
             say "$NS/$key: heartbeat failed ($(tr '\n' ' ' < "$work/hb-err")); retrying"
@@ -276,10 +322,12 @@ stop_heartbeat() {
     fi
 }
 
-# Records complete_v1 or fail_v1 (CALL is the SQL expression), retrying while
-# the connection fails (psql exit 2) until the hard deadline. A call that
-# committed but whose answer was lost comes back as 'already_recorded'. Leaves
-# the result in F: outcome, state, fence; or F=(unreachable) / F=(refused).
+# Records complete_v3 or fail_v3 (CALL is the SQL expression), retrying while
+# the connection fails (psql exit 2), or a lock timeout or serialization
+# failure aborted the call (nothing written), until the hard deadline. A call
+# that committed but whose answer was lost is asked again with the same token
+# and comes back as 'already_recorded'. Leaves the result in F: outcome,
+# state, fence; or F=(unreachable) / F=(refused).
 record() {
     local key=$1 fence=$2 deadline=$3 name=$4 call=$5 rc tries=0
     local delays=(0.1 0.2 0.5 1 2)
@@ -288,11 +336,14 @@ record() {
         # psql reads the output file itself (no argv size limit); the x keeps
         # trailing newlines, which a backquote substitution would drop.
         query -v ns="$NS" -v key="$key" -v fence="$fence" -v file="$OUT_FILE" <<SQL || rc=$?
+\\set token $TOKEN
 \\set out \`cat :'file'; printf x\`
 select outcome, coalesce(state, ''), coalesce(fence::text, '') from $call
 SQL
         [ "$rc" -eq 0 ] && return 0
-        if [ "$rc" -ne 2 ]; then F=(refused); return 0; fi
+        if [ "$rc" -ne 2 ] && ! grep -q 'ERROR: *\(55P03\|40001\|40P01\):' "$work/err"; then
+            F=(refused); return 0
+        fi
         if [ "$SECONDS" -ge "$deadline" ]; then F=(unreachable); return 0; fi
         say "$NS/$key: $name failed ($(tr '\n' ' ' < "$work/err")); retrying"
         sleep "${delays[tries]}"
@@ -300,12 +351,13 @@ SQL
     done
 }
 
-# Marks our execution uncertain (abandon_v1): one try; if it fails, the lease
+# Marks our execution uncertain (abandon_v2): one try; if it fails, the lease
 # lapses and others see the key uncertain anyway.
 abandon() {
     local key=$1 fence=$2 reason=$3
-    if query -v ns="$NS" -v key="$key" -v fence="$fence" -v reason="$reason" <<'SQL'
-select outcome from sentinel.abandon_v1(:'ns', :'key', :'fence', left(:'reason', 1000))
+    if query -v ns="$NS" -v key="$key" -v fence="$fence" -v reason="$reason" <<SQL
+\\set token $TOKEN
+select outcome from sentinel.abandon_v2(:'ns', :'key', :'fence', :'token', left(:'reason', 1000))
 SQL
     then
         say "$NS/$key: marked ${F[0]} under fence $fence: $reason"
@@ -369,7 +421,7 @@ SQL
     wait "$worker" 2>/dev/null || true
     echo "(worker $worker killed mid-run; its lease lapses within 1 s)"
     wait_for "the lease of order-3 to lapse (database clock)" 30 lapsed "$ns" order-3
-    step "once.sh order-3 -- echo charged    # acquire_v1 answers uncertain: the command does not run again"
+    step "once.sh order-3 -- echo charged    # acquire_v2 answers uncertain: the command does not run again"
     rc=0; "$me" "${args[@]}" order-3 -- echo charged || rc=$?
     echo "(exit $rc)"
     step "inspect_v1 order-3: state | fence | attempt | reason | document"

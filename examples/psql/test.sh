@@ -22,9 +22,18 @@ NS="psql-test-$(date +%s)-$$"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/sentinel-psql-test.XXXXXX")
 workers=()
+roles=()
 cleanup() {
-    local pid
+    local pid role
     for pid in "${workers[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+    for role in "${roles[@]}"; do
+        q -v role="$role" > /dev/null <<'SQL' || echo "# could not drop role $role"
+delete from sentinel.rights where role = to_regrole(:'role');
+delete from sentinel.watchers where role = to_regrole(:'role');
+drop owned by :"role";
+drop role :"role";
+SQL
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -130,6 +139,23 @@ SQL
 }
 lines() { if [ -e "$1" ]; then wc -l < "$1" | tr -d ' '; else echo 0; fi; }
 
+# login_role: creates a login role with a password of its own (dropped at the
+# end); sets ROLE, and ROLE_DSN, the test's DSN logging in as it (the last
+# user and password given win, in a URL as in a key=value string).
+login_role() {
+    local pw
+    ROLE="sentinel_t_$(od -An -N5 -tx1 /dev/urandom | tr -d ' \n')"
+    pw=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    q -v role="$ROLE" -v pw="$pw" > /dev/null <<'SQL'
+create role :"role" login password :'pw';
+SQL
+    roles+=("$ROLE")
+    case $DSN in
+        *://*) ROLE_DSN="$DSN$(case $DSN in *\?*) echo '&';; *) echo '?';; esac)user=$ROLE&password=$pw" ;;
+        *)     ROLE_DSN="$DSN user=$ROLE password=$pw" ;;
+    esac
+}
+
 # --- the schema -------------------------------------------------------------
 
 q -v schema="$root/sql/schema.sql" <<'SQL'
@@ -144,10 +170,9 @@ commit;
 select pg_advisory_unlock(hashtext('sentinel.init_db')) \g /dev/null
 SQL
 versions=$(q -c 'select sentinel.api_versions()')
-case $versions in
-    *'{1}'*|*'{1,'*|*',1}'*|*',1,'*) ;;
-    *) echo "Bail out! the database provides protocol versions $versions, not 1"; exit 1 ;;
-esac
+if [ "$(q -c 'select 3 = any (sentinel.api_versions())')" != t ]; then
+    echo "Bail out! the database provides protocol versions $versions, not 3"; exit 1
+fi
 echo "# namespace $NS; $(psql --version); server $(q -c 'show server_version')"
 
 # --- 1. fresh run, replay, exact bytes ---------------------------------------
@@ -252,7 +277,7 @@ w=$WORKER
 wait_for "wait-1 to start" 15 state_is wait-1 "executing|executing" || true
 start_worker wait-1 waiter -w 20000 -- sh -c "echo run >> '$ledger'; echo second"
 waiter=$WORKER
-if wait_for "the waiter to poll" 15 grep -q 'waiting up to 20000 ms' "$work/waiter.err"; then
+if wait_for "the waiter to poll" 15 grep -qs 'waiting up to 20000 ms' "$work/waiter.err"; then
     : > "$go"
     join_worker "$w"; first_rc=$WRC
     join_worker "$waiter"
@@ -282,7 +307,7 @@ if wait_for "the lease of killed-1 to lapse" 30 lease_lapsed killed-1; then
     rec=$(record killed-1)
     if [ "$RC" = 201 ] && [ "$(lines "$ledger")" = 1 ] \
        && [ "$(cut -d'|' -f1,2,5 <<< "$rec")" = 'uncertain|uncertain|lease expired' ]; then
-        ok "SIGKILL mid-run: after the lease lapses acquire_v1 answers uncertain (exit 201); the command does not run again"
+        ok "SIGKILL mid-run: after the lease lapses acquire_v2 answers uncertain (exit 201); the command does not run again"
     else
         not_ok "uncertain after SIGKILL" "exit $RC, runs $(lines "$ledger"), record $rec" "$ERR"
     fi
@@ -434,18 +459,100 @@ fi
 
 # --- a role without the grant: exit 209, naming the grant -------------------
 
-role="sentinel_nogrant_$$"
-q -c "create role $role login" > /dev/null
-case $DSN in
-    *://*) role_dsn="$DSN$(case $DSN in *\?*) echo '&';; *) echo '?';; esac)user=$role" ;;
-    *)     role_dsn="$DSN user=$role" ;;  # in key=value strings the last keyword wins
-esac
-RC=0; "$ONCE" -d "$role_dsn" -n "$NS" nogrant-1 -- echo ran > "$work/out" 2> "$work/err" < /dev/null || RC=$?
-q -c "drop role $role" > /dev/null
-if [ "$RC" = 209 ] && grep -q "sentinel.grant_v1('<role>')" "$work/err" && [ ! -s "$work/out" ]; then
-    ok "a role without the grant: exit 209, naming grant_v1; nothing ran"
+login_role
+RC=0; "$ONCE" -d "$ROLE_DSN" -n "$NS" nogrant-1 -- echo ran > "$work/out" 2> "$work/err" < /dev/null || RC=$?
+if [ "$RC" = 209 ] && grep -qF "sentinel grant <role> --namespace $NS" "$work/err" \
+   && grep -qF "select sentinel.grant_v2('<role>', '$NS')" "$work/err" && [ ! -s "$work/out" ]; then
+    ok "a role without the grant: exit 209, naming grant_v2 (sentinel grant <role> --namespace NS); nothing ran"
 else
     not_ok "no grant" "exit $RC, stdout '$(cat "$work/out")'" "$(cat "$work/err")"
+fi
+
+# --- a role granted one namespace (grant_v2): the token calls only ------------
+
+login_role
+app=$ROLE app_dsn=$ROLE_DSN
+q -v role="$app" -v ns="$NS" > /dev/null <<'SQL'
+select sentinel.grant_v2(:'role', :'ns');
+SQL
+legacy=$(q -v role="$app" <<'SQL'
+select count(*) from unnest(array[
+    'sentinel.acquire_v1(text, text, text, bigint, bigint, boolean, text)',
+    'sentinel.heartbeat_v1(text, text, bigint)',
+    'sentinel.complete_v1(text, text, bigint, jsonb)',
+    'sentinel.fail_v1(text, text, bigint, jsonb, boolean)',
+    'sentinel.abandon_v1(text, text, bigint, text)']) f
+ where has_function_privilege(:'role', f, 'execute')
+SQL
+)
+ledger="$work/ledger-grant"
+go="$work/go-grant"
+start_worker grant-1 grant -d "$app_dsn" -t 600 -H 60000 -- \
+    sh -c "echo run >> '$ledger'; while [ ! -e '$go' ]; do sleep 0.02; done; echo granted"
+w=$WORKER
+# Three TTLs past the claim with the lease still ahead: heartbeat_v2 renewed it.
+renewed=yes
+wait_for "grant-1 to be renewed past 3 TTLs" 15 renewed_past grant-1 1800 || renewed=no
+: > "$go"
+join_worker "$w"
+once grant-1 -d "$app_dsn" -- sh -c "echo run >> '$ledger'"
+if [ "$legacy" = 0 ] && [ "$renewed" = yes ] && [ "$WRC" = 0 ] && [ "$(cat "$work/grant.out")" = granted ] \
+   && [ "$RC" = 0 ] && [ "$(cat "$OUT")" = granted ] && [ "$(lines "$ledger")" = 1 ]; then
+    ok "a grant_v2 role (no tokenless call granted) claims, heartbeats, completes and replays in its namespace"
+else
+    not_ok "grant_v2 role" "tokenless calls granted: $legacy, renewed: $renewed, worker exit $WRC, replay exit $RC" \
+        "$(cat "$work/grant.err")" "$ERR"
+fi
+
+once grant-fail -d "$app_dsn" -- sh -c 'echo partial; exit 3'
+rc_fail=$RC
+once grant-kill -d "$app_dsn" -t 30000 -- sh -c 'kill -KILL $$'
+if [ "$rc_fail" = 3 ] && [ "$(record grant-fail | cut -d'|' -f1)" = failed ] \
+   && [ "$RC" = 137 ] && [ "$(record grant-kill | cut -d'|' -f1,2,5)" = 'uncertain|uncertain|command killed by signal 9' ]; then
+    ok "a grant_v2 role records a failure (fail_v3) and marks a killed command uncertain (abandon_v2)"
+else
+    not_ok "grant_v2 role: fail and abandon" "fail exit $rc_fail, $(record grant-fail); kill exit $RC, $(record grant-kill)" "$ERR"
+fi
+
+other="$NS-other"
+ledger="$work/ledger-deny"
+once deny-1 -d "$app_dsn" -n "$other" -- sh -c "echo run >> '$ledger'"
+if [ "$RC" = 209 ] && [ "$(lines "$ledger")" = 0 ] && [ ! -s "$OUT" ] \
+   && grep -qF "role $app may not claim keys in namespace '$other'" <<< "$ERR" \
+   && grep -qF "sentinel grant $app --namespace $other" <<< "$ERR" \
+   && grep -qF "select sentinel.grant_v2('<role>', '$other')" <<< "$ERR" \
+   && [ -z "$(q -v ns="$other" <<< "select state from sentinel.inspect_v1(:'ns', 'deny-1')")" ]; then
+    ok "the grant_v2 role in another namespace: exit 209 naming the role, the namespace and the grant; nothing ran"
+else
+    not_ok "grant_v2 role in another namespace" "exit $RC, runs $(lines "$ledger")" "$ERR"
+fi
+
+# --- conflict: a legacy role completes the running key without the token ------
+
+login_role
+forger_dsn=$ROLE_DSN
+q -v role="$ROLE" > /dev/null <<'SQL'
+select sentinel.grant_v1(:'role');
+SQL
+start_worker conflict-1 conflict -d "$app_dsn" -t 600 -H 60000 -- sh -c \
+    "while [ ! -e \"\$SENTINEL_LEASE_LOST_FILE\" ]; do sleep 0.02; done; echo real result"
+w=$WORKER
+forged=none
+if wait_for "conflict-1 to be executing" 30 state_is conflict-1 'executing|executing'; then
+    fence=$(record conflict-1 | cut -d'|' -f3)
+    forged=$(psql -X -q -At -v ON_ERROR_STOP=1 -d "$forger_dsn" -v ns="$NS" -v fence="$fence" 2>&1 <<'SQL'
+select outcome from sentinel.complete_v1(:'ns', 'conflict-1', :'fence', '{"stdout": "forged\n"}')
+SQL
+    ) || true
+fi
+join_worker "$w"   # the heartbeat finds the key completed, the command sees the lost file and ends
+once conflict-1 -d "$app_dsn" -- false
+if [ "$forged" = recorded ] && [ "$WRC" = 210 ] && grep -q 'CONFLICT' "$work/conflict.err" \
+   && grep -q 'real result' "$work/conflict.err" && [ ! -s "$work/conflict.out" ] \
+   && [ "$RC" = 0 ] && [ "$(cat "$OUT")" = forged ]; then
+    ok "conflict: a response forged by a legacy role (complete_v1) stands; once.sh reports it (exit 210), the output is not recorded"
+else
+    not_ok "conflict" "forged: $forged; worker exit $WRC; replay exit $RC '$(cat "$OUT")'" "$(cat "$work/conflict.err")"
 fi
 
 # --- the demo runs -----------------------------------------------------------
