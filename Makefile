@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help generate bench-publish chaos-publish venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
+.PHONY: help generate bench-publish chaos-publish chaos-ha chaos-ha-publish venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
 
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
@@ -12,6 +12,7 @@ help:
 	@echo "make generate    write python/sentinel/_client.py from its asyncio source _client_async.py"
 	@echo "make check       ruff, mypy --strict, squawk on the migrations, the docs site (make docs)"
 	@echo "make chaos       fault injection (~2.5 min): kills, zombies, dropped backends, crash restarts, PgBouncer"
+	@echo "make chaos-ha    failovers (~2 min): a primary SIGKILLed under load, its standby promoted; sync and async"
 	@echo "make bench-publish  the latest bench run becomes the figures of docs/performance.md"
 	@echo "make bench       benchmark against floors measured in the same run (~4 min, bench/results/latest.json)"
 	@echo "make test-other-languages  the psql and Node.js clients and the cross-language race (needs node, npm)"
@@ -70,6 +71,18 @@ chaos: venv
 chaos-publish:
 	mkdir -p docs/results
 	cp chaos/results/latest.json docs/results/chaos.json
+	$(PY) tools/publish_results.py
+
+# A primary and a streaming standby: SIGKILL, promote, re-seed, under load (docs/ha.md). SEED=N replays both runs.
+chaos-ha: venv
+	$(PY) chaos/ha.py --mode sync $(if $(SEED),--seed $(SEED)) --json chaos/results/ha-sync.json
+	$(PY) chaos/ha.py --mode async $(if $(SEED),--seed $(SEED)) --json chaos/results/ha-async.json
+
+# The latest chaos-ha runs become the figures of docs/ha.md.
+chaos-ha-publish:
+	mkdir -p docs/results
+	cp chaos/results/ha-sync.json docs/results/ha-sync.json
+	cp chaos/results/ha-async.json docs/results/ha-async.json
 	$(PY) tools/publish_results.py
 
 demo: venv

@@ -3,14 +3,17 @@
 
     python tools/publish_results.py           # rewrite the figures from docs/results/*.json
     python tools/publish_results.py --check   # exit 1 if a page does not show its file (make check)
-    make bench-publish / make chaos-publish   # copy the latest run there, then rewrite
+    make bench-publish / make chaos-publish / make chaos-ha-publish   # copy the latest run there, then rewrite
 
 docs/performance.md shows docs/results/bench.json between ``<!-- bench:begin -->``
 and ``<!-- bench:end -->``: every row of the run with its median, p99, ops/s,
 floor and ratio to the floor, and the run's machine, server and versions.
 docs/testing.md shows docs/results/chaos.json between ``<!-- chaos:begin -->`` and
 ``<!-- chaos:end -->``: the summary ``make chaos`` printed, rendered by the same
-function. Nothing in them is typed by hand.
+function. docs/ha.md shows docs/results/ha-sync.json and ha-async.json between
+``<!-- ha:begin -->`` and ``<!-- ha:end -->``: one column per replication mode
+and a row per failover, rendered by ``chaos/ha.py``'s ``table``. Nothing in them
+is typed by hand.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,10 +77,26 @@ def render_chaos(run: Dict[str, Any]) -> str:
     return "```\n" + text.strip("\n") + "\n```\n"
 
 
-PAGES = [  # (result file, page, marker, renderer)
+def render_ha(runs: List[Dict[str, Any]]) -> str:
+    """The failover runs of both replication modes (``make chaos-ha``), as ``chaos/ha.py`` renders them."""
+    sys.path.insert(0, str(ROOT))
+    from chaos import ha
+
+    text: str = ha.table(runs)
+    return text
+
+
+PAGES: List[Tuple[Any, str, str, Callable[[Any], str]]] = [  # (result file(s), page, marker, renderer)
     ("bench.json", "performance.md", "bench", render),
     ("chaos.json", "testing.md", "chaos", render_chaos),
+    (("ha-sync.json", "ha-async.json"), "ha.md", "ha", render_ha),  # several files: the renderer gets a list
 ]
+
+
+def _load(result: Any) -> Any:
+    if isinstance(result, tuple):
+        return [_load(name) for name in result]
+    return json.loads((ROOT / "docs" / "results" / result).read_text(encoding="utf-8"))
 
 
 def main(argv: List[str]) -> int:
@@ -86,13 +105,14 @@ def main(argv: List[str]) -> int:
         page_path = ROOT / "docs" / page_name
         page = page_path.read_text(encoding="utf-8")
         begin, end = f"<!-- {marker}:begin -->\n", f"<!-- {marker}:end -->\n"
-        run = json.loads((ROOT / "docs" / "results" / result).read_text(encoding="utf-8"))
+        run = _load(result)
         start, stop = page.index(begin) + len(begin), page.index(end)
         wanted = page[:start] + renderer(run) + page[stop:]
         if wanted == page:
             continue
         if "--check" in argv:
-            stale.append(f"docs/{page_name} does not show docs/results/{result}: run python tools/publish_results.py")
+            files = ", ".join(f"docs/results/{name}" for name in (result if isinstance(result, tuple) else (result,)))
+            stale.append(f"docs/{page_name} does not show {files}: run python tools/publish_results.py")
         else:
             page_path.write_text(wanted, encoding="utf-8")
     for line in stale:
