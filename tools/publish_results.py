@@ -86,10 +86,25 @@ def render_ha(runs: List[Dict[str, Any]]) -> str:
     return text
 
 
+def render_ha_summary(runs: List[Dict[str, Any]]) -> str:
+    """One line per replication mode for the README: failovers, calls, and the violations by kind."""
+    lines = []
+    for run in runs:
+        v = run["violations"]
+        lines.append(
+            f"- {run['mode']}: {run['failovers']} failovers, {run['calls']} calls, "
+            f"{run['total_violations']} violations (claims lost and re-run {v['claim_lost_rerun']}, "
+            f"completions lost {v['completion_lost']}, fences reissued {v['fence_reissued']}, "
+            f"replays differing {v['replay_differs']}, other invariants {run['invariant_violations']}); "
+            f"replay: `{run['replay']}`\n")
+    return "".join(lines)
+
+
 PAGES: List[Tuple[Any, str, str, Callable[[Any], str]]] = [  # (result file(s), page, marker, renderer)
     ("bench.json", "performance.md", "bench", render),
     ("chaos.json", "testing.md", "chaos", render_chaos),
     (("ha-sync.json", "ha-async.json"), "ha.md", "ha", render_ha),  # several files: the renderer gets a list
+    (("ha-sync.json", "ha-async.json"), "../README.md", "ha-summary", render_ha_summary),
 ]
 
 
