@@ -34,4 +34,4 @@ insert into sentinel.migrations (id, name, checksum) values
     (9, '0009_pre_size_caps', '53a0c55c7d28b3e3ada879c0f2904b6a286606b3b6404cff02283e99ceae4e12'),
     (10, '0010_pre_pinned_search_path', '7d0fe17bcb1781434fc96e73bda560d7a9e08576a84c0638d1f0cff47205c4e1'),
     (11, '0011_pre_cheaper_triggers', '541ece59eaa1025ab83cd731043ba13f5f4c454bf32363dc6b52cdafa3f7c16c'),
-    (12, '0012_pre_tenants', '4fe315b02a8ade249fe891eee3eca1e8cf248b4a6e6890fe84c56badd36c0094');
+    (12, '0012_pre_tenants', 'e80995c86fe40836cc207bd9306cae70e50cacaa2ff7ecfab942aa0be2416aae');

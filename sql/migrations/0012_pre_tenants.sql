@@ -185,19 +185,29 @@ comment on function sentinel._caller() is
     'SET ROLE needs membership, so a session can only act for roles it belongs to.';
 
 create function sentinel._may(p_namespace text, p_kinds text[]) returns boolean
-    language sql stable
+    language plpgsql stable
     set search_path = pg_catalog, pg_temp
     as $$
-    -- current_user is the schema owner here (the security-definer caller's
-    -- rights): its members and superusers may do everything.
-    select pg_has_role(c.who, current_user, 'USAGE')
-           or exists (select 1
-                        from sentinel.rights r
-                        join pg_roles g on g.oid = r.role::oid
-                       where r.namespace in (p_namespace, '*')
-                         and r.kind = any (p_kinds)
-                         and pg_has_role(c.who, g.oid, 'USAGE'))
-      from (select sentinel._caller() as who) c
+declare
+    -- The caller, as sentinel._caller() says (written out: this runs on every call).
+    v_who constant text := coalesce(nullif(current_setting('role'), 'none'), session_user::text);
+begin
+    -- A right of the caller's own role (the usual case: one primary-key probe);
+    -- else the schema owner (current_user here: the security-definer caller's
+    -- rights), its members and superusers; else a right of a role it inherits.
+    return exists (select 1
+                     from sentinel.rights r
+                    where r.role = pg_catalog.quote_ident(v_who)::regrole
+                      and r.namespace in (p_namespace, '*')
+                      and r.kind = any (p_kinds))
+        or pg_has_role(v_who, current_user, 'USAGE')
+        or exists (select 1
+                     from sentinel.rights r
+                     join pg_roles g on g.oid = r.role::oid
+                    where r.namespace in (p_namespace, '*')
+                      and r.kind = any (p_kinds)
+                      and pg_has_role(v_who, g.oid, 'USAGE'));
+end
 $$;
 comment on function sentinel._may(text, text[]) is
     'Whether the caller holds one of the rights p_kinds on namespace p_namespace (directly, through a role it '
