@@ -43,16 +43,15 @@ until an operator reconciles it (``sentinel inspect/reconcile
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
 import logging
-import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from ..._client import Sentinel
 from ..._results import Result
 from ...errors import KeyMismatch, SentinelError
+from .. import _idempotency as shared
+from .._idempotency import DEFAULT_HARD_TTL_MS, REPLAYED_HEADER, SAFE_METHODS, STORED_HEADERS, record_key
 from .conf import get_sentinel
 
 __all__ = [
@@ -67,15 +66,6 @@ __all__ = [
 
 logger = logging.getLogger("sentinel.django")
 
-#: Added to every replayed response.
-REPLAYED_HEADER = "Idempotent-Replayed"
-#: Response headers recorded and replayed by default.
-STORED_HEADERS = ("Content-Type", "Location")
-#: The hard deadline of a view's execution unless ``hard_ttl_ms`` says otherwise.
-DEFAULT_HARD_TTL_MS = 60_000
-MAX_KEY_LENGTH = 255
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-
 SentinelSource = Union[Sentinel, Callable[[], Sentinel], None]
 
 
@@ -87,40 +77,22 @@ def user_scope(request: Any) -> Optional[str]:
     return f"user-{user.pk}"
 
 
-def record_key(scope: str, idempotency_key: str) -> str:
-    """The Sentinel key of an ``Idempotency-Key`` within a scope: ``http:<scope>:<key>``.
-
-    ``:`` and ``%`` in the scope are percent-encoded, so no two (scope, key)
-    pairs share a record; a scope over 200 bytes is replaced by its SHA-256.
-    """
-    part = scope.replace("%", "%25").replace(":", "%3A")
-    if len(part.encode("utf-8")) > 200:
-        part = "sha256-" + hashlib.sha256(scope.encode("utf-8")).hexdigest()
-    return f"http:{part}:{idempotency_key}"
-
-
 def request_fingerprint(request: Any) -> str:
     """What must not change between retries of one key: method, path with query string, body."""
-    body_hash = hashlib.sha256(request.body).hexdigest()
-    text = f"{request.method}\n{request.get_full_path()}\n{body_hash}"
-    return "http-v1:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return shared.fingerprint(str(request.method), request.get_full_path(), request.body)
 
 
 def _default_should_store(response: Any) -> bool:
     return int(response.status_code) < 500
 
 
-def _json(status: int, error: str, detail: str, **headers: str) -> Any:
+def _json(answer: shared.Answer) -> Any:
     from django.http import JsonResponse
 
-    response = JsonResponse({"error": error, "detail": detail}, status=status)
-    for name, value in headers.items():
-        response[name.replace("_", "-")] = value
+    response = JsonResponse(answer.body(), status=answer.status)
+    for name, value in answer.headers:
+        response[name] = value
     return response
-
-
-def _valid_key(value: str) -> bool:
-    return 0 < len(value) <= MAX_KEY_LENGTH and all(" " <= ch <= "~" for ch in value)
 
 
 class _NotStored(Exception):
@@ -151,27 +123,15 @@ def _finalise(response: Any) -> Any:
 
 def _document(response: Any, stored_headers: Sequence[str]) -> Dict[str, Any]:
     """The JSON document recorded for a response."""
-    content: bytes = response.content
-    headers: List[List[str]] = [[name, str(response[name])] for name in stored_headers if response.has_header(name)]
-    doc: Dict[str, Any] = {"status": int(response.status_code), "reason": str(response.reason_phrase),
-                           "headers": headers}
-    try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and "\x00" not in text:  # jsonb cannot hold NUL
-        doc["body"] = text
-    else:
-        doc["body_base64"] = base64.b64encode(content).decode("ascii")
-    return doc
+    headers = [(name, str(response[name])) for name in stored_headers if response.has_header(name)]
+    return shared.document(int(response.status_code), str(response.reason_phrase), headers, response.content)
 
 
 def _replay(doc: Dict[str, Any]) -> Any:
     from django.http import HttpResponse
 
-    body = doc["body"].encode("utf-8") if "body" in doc else base64.b64decode(doc["body_base64"])
-    response = HttpResponse(body, status=doc["status"], reason=doc.get("reason"))
-    for name, value in doc.get("headers", []):
+    response = HttpResponse(shared.document_body(doc), status=doc["status"], reason=doc.get("reason"))
+    for name, value in shared.document_headers(doc):
         response[name] = value
     response[REPLAYED_HEADER] = "true"
     return response
@@ -183,38 +143,16 @@ def _retry_after(sentinel: Sentinel, key: str) -> int:
         record = sentinel.inspect(key)
     except SentinelError:
         record = None
-    if record and record.get("lease_expires_at") is not None and record.get("now") is not None:
-        seconds: float = (record["lease_expires_at"] - record["now"]).total_seconds()
-        return max(1, math.ceil(seconds))
-    return 1
-
-
-def _refusal(given: Optional[str], owner: Optional[str], header: str) -> Any:
-    """The 400 answer for a request whose key is missing, malformed or unscoped, or None."""
-    if given is None:
-        return _json(400, "idempotency_key_missing", f"this endpoint requires an {header} header")
-    if not _valid_key(given):
-        return _json(400, "idempotency_key_invalid",
-                     f"{header} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters")
-    if owner is None:
-        return _json(400, "idempotency_key_requires_authentication",
-                     f"{header} is accepted only from authenticated clients")
-    return None
+    return shared.retry_after(record)
 
 
 def _answer(result: Result, fresh: List[Any], s: Sentinel, key: str, header: str) -> Any:
     """The HTTP answer for what once() said about the request's key."""
-    if result.execution_alive:
-        return _json(409, "request_in_progress", f"a request with this {header} is being processed; retry later",
-                     Retry_After=str(_retry_after(s, key)))
     if result.uncertain:
         logger.warning("%s is uncertain (fence %s): answering 409", key, result.fence)
-        return _json(409, "outcome_uncertain",
-                     f"the outcome of the request with this {header} is unknown (its processing was "
-                     "interrupted); it will not be run again until it is resolved")
-    if result.failed:
-        return _json(409, "request_failed",
-                     f"the request with this {header} failed and will not be run again; use a new key")
+    answer = shared.state_answer(result, header, _retry_after(s, key) if result.execution_alive else 1)
+    if answer is not None:
+        return _json(answer)
     if fresh and not result.replayed:
         return fresh[0]
     return _replay(result.response)
@@ -280,10 +218,10 @@ def idempotent_view(  # noqa: PLR0913 - the decorator's options, keyword-only
             given = request.headers.get(header)
             if given is None and not required:
                 return fn(request, *args, **kwargs)
-            owner = scope(request) if given is not None and _valid_key(given) else None
-            refused = _refusal(given, owner, header)
+            owner = scope(request) if given is not None and shared.valid_key(given) else None
+            refused = shared.refusal(given, owner, header)
             if refused is not None:
-                return refused
+                return _json(refused)
             assert given is not None and owner is not None
             s = sentinel if isinstance(sentinel, Sentinel) else (sentinel() if sentinel is not None
                                                                   else get_sentinel())
@@ -305,8 +243,7 @@ def idempotent_view(  # noqa: PLR0913 - the decorator's options, keyword-only
             except _NotStored as exc:
                 return exc.response
             except KeyMismatch:
-                return _json(422, "idempotency_key_reused",
-                             f"this {header} was used with another request (method, path or body)")
+                return _json(shared.key_reused(header))
             return _answer(result, fresh, s, key, header)
 
         return wrapper
