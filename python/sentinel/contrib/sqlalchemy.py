@@ -42,12 +42,12 @@ import contextlib
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Optional, Union, cast
 
 import psycopg
-from psycopg.types.json import JsonbLoader
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .._client import Sentinel, Transaction
 from .._client_async import AsyncSentinel, AsyncTransaction
+from ._borrowed import AsyncBorrowedConnection, BorrowedConnection
 
 if TYPE_CHECKING:  # sqlalchemy.ext.asyncio needs greenlet (sqlalchemy[asyncio]); the sync path does not
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # sqlalchemy.ext.asyncio needs greenlet (sqlalchemy[asyncio])
 __all__ = ["transaction", "async_transaction"]
 
 
-class _JsonbConnection:
+class _JsonbConnection(BorrowedConnection):
     """SQLAlchemy's psycopg connection as Sentinel's block uses it.
 
     Its cursors made here load jsonb as Python values; ``transaction()`` opens
@@ -64,37 +64,15 @@ class _JsonbConnection:
     would not survive SQLAlchemy rolling its own back after a failed flush).
     """
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
-        self._raw = raw
-
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        cur = self._raw.cursor()
-        cur.adapters.register_loader("jsonb", JsonbLoader)
-        return cur.execute(query, params, **kwargs)
-
     def transaction(self, *args: Any, **kwargs: Any) -> Any:
         return contextlib.nullcontext()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
 
-
-class _AsyncJsonbConnection:
+class _AsyncJsonbConnection(AsyncBorrowedConnection):
     """:class:`_JsonbConnection` for an async psycopg connection."""
 
-    def __init__(self, raw: psycopg.AsyncConnection[Any]) -> None:
-        self._raw = raw
-
-    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        cur = self._raw.cursor()
-        cur.adapters.register_loader("jsonb", JsonbLoader)
-        return await cur.execute(query, params, **kwargs)
-
     def transaction(self, *args: Any, **kwargs: Any) -> Any:
         return contextlib.nullcontext()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
 
 
 def _wrong_driver(what: str, raw: Any, wanted: str) -> TypeError:

@@ -25,27 +25,12 @@ import contextlib
 from typing import Any, Iterator, Optional, Union, cast
 
 import psycopg
-from psycopg.types.json import JsonbLoader
 
 from ..._client import Sentinel, Transaction
+from .._borrowed import BorrowedConnection
 from .conf import check_postgresql, database_alias, get_sentinel
 
 __all__ = ["atomic_once"]
-
-
-class _JsonbConnection:
-    """Django's psycopg connection, whose cursors made here load jsonb as Python values."""
-
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
-        self._raw = raw
-
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        cur = self._raw.cursor()
-        cur.adapters.register_loader("jsonb", JsonbLoader)
-        return cur.execute(query, params, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
 
 
 @contextlib.contextmanager
@@ -94,7 +79,7 @@ def atomic_once(
             )
         with connection.cursor() as cursor:
             cursor.execute("select 1")  # begin the server transaction now: Sentinel's block becomes a savepoint
-        conn = cast("psycopg.Connection[Any]", _JsonbConnection(raw))
+        conn = cast("psycopg.Connection[Any]", BorrowedConnection(raw))
         with s.transaction(key, conn, ttl_ms=ttl_ms, hard_ttl_ms=hard_ttl_ms, fingerprint=fingerprint,
                            retain_ms=retain_ms) as tx:
             yield tx
