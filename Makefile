@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help generate bench-publish chaos-publish chaos-ha chaos-ha-publish venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
+.PHONY: help screenshots generate bench-publish chaos-publish chaos-ha chaos-ha-publish venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
 
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
@@ -87,6 +87,10 @@ chaos-ha-publish:
 
 demo: venv
 	$(PY) examples/demo.py
+
+# The pictures of docs/operator-page.md: sentinel web in headless Chromium (apt-get install -y chromium).
+screenshots: venv
+	$(PY) tests/pgserver.py run -- $(PY) tools/screenshot_web.py
 
 lint: venv
 	$(PY) tools/async_to_sync.py --check

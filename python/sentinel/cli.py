@@ -33,6 +33,7 @@ from ._cli_io import (
 from ._durability import DEFAULT_FENCE_MARGIN, durability, fence_gap, resync_fences
 from ._ops import Operations
 from ._schema import API_VERSIONS, init_db, migrations, status
+from ._web import add_web_command
 from .errors import DatabaseUnavailable, LoginRefused, ReconcileRefused, SentinelError
 
 
@@ -278,9 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="sentinel",
-        description="Sentinel tools: the schema (sql, migrate, status, check, grant, revoke, rights, resync-fences) "
-                    "and "
-                    "operations (list, inspect, reconcile, stats, purge).",
+        description="Sentinel tools: the schema (sql, migrate, status, check, grant, revoke, rights, resync-fences), "
+                    "operations (list, inspect, reconcile, stats, purge) and the operator's page (web).",
         epilog="Exit codes: 0 ok, 1 check or operation failed, 2 bad usage, 3 database unreachable.",
     )
     from . import __version__
@@ -361,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="rows per batch (default 1000; 10000 with --events)")
     p.add_argument("--events", action="store_true", help="with --older-than: the event log (all namespaces)")
     p.set_defaults(func=cmd_purge)
+
+    add_web_command(sub)
     return parser
 
 
