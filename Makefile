@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: help screenshots generate bench-publish chaos-publish chaos-ha chaos-ha-publish venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
+.PHONY: help screenshots generate bench-publish chaos-publish chaos-ha chaos-ha-publish chaos-ha-pgaf chaos-ha-pgaf-publish venv test pytest pgtap demo lint typecheck check pgtap-deps wheel clean test-other-languages django-example bench bench-quick chaos
 
 help:
 	@echo "make demo        8 workers race on one key; a killed worker goes uncertain; an operator reconciles"
@@ -13,6 +13,7 @@ help:
 	@echo "make check       ruff, mypy --strict, squawk on the migrations, the docs site (make docs)"
 	@echo "make chaos       fault injection (~2.5 min): kills, zombies, dropped backends, crash restarts, PgBouncer"
 	@echo "make chaos-ha    failovers (~2 min): a primary SIGKILLed under load, its standby promoted; sync and async"
+	@echo "make chaos-ha-pgaf  failovers decided by a pg_auto_failover monitor (~1 min; apt-get install -y postgresql-15-auto-failover)"
 	@echo "make bench-publish  the latest bench run becomes the figures of docs/performance.md"
 	@echo "make bench       benchmark against floors measured in the same run (~4 min, bench/results/latest.json)"
 	@echo "make test-other-languages  the psql and Node.js clients and the cross-language race (needs node, npm)"
@@ -83,6 +84,16 @@ chaos-ha-publish:
 	mkdir -p docs/results
 	cp chaos/results/ha-sync.json docs/results/ha-sync.json
 	cp chaos/results/ha-async.json docs/results/ha-async.json
+	$(PY) tools/publish_results.py
+
+# Failovers with pg_auto_failover as the HA manager (needs: apt-get install -y postgresql-15-auto-failover).
+chaos-ha-pgaf: venv
+	$(PY) chaos/ha.py --manager pg_auto_failover $(if $(SEED),--seed $(SEED)) --json chaos/results/ha-pgaf.json
+
+# The latest chaos-ha-pgaf run becomes the pg_auto_failover figures of docs/ha.md.
+chaos-ha-pgaf-publish:
+	mkdir -p docs/results
+	cp chaos/results/ha-pgaf.json docs/results/ha-pgaf.json
 	$(PY) tools/publish_results.py
 
 demo: venv

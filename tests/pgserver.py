@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,15 +221,27 @@ def run_pgtap(dsn: str) -> int:
     return rc
 
 
-def ensure_pgbouncer() -> None:
-    """Install PgBouncer for the tests that need it, as root on Debian (SENTINEL_NO_INSTALL=1: never)."""
-    if shutil.which("pgbouncer") or os.path.exists("/usr/sbin/pgbouncer"):
-        return
-    if os.environ.get("SENTINEL_SKIP_PGBOUNCER") == "1" or not _may_install():
-        return  # the PgBouncer tests then skip knowingly, or fail naming the command
-    _log("pgbouncer is not installed; installing it: apt-get update && apt-get install -y pgbouncer")
+# What some tests need beyond Python: the Debian package, and whether it is installed. Without one, those
+# tests fail naming the command that installs it (PgBouncer's may skip with SENTINEL_SKIP_PGBOUNCER=1).
+TEST_PACKAGES: List[Tuple[str, Callable[[], bool]]] = [
+    ("pgbouncer", lambda: bool(shutil.which("pgbouncer")) or os.path.exists("/usr/sbin/pgbouncer")),
+    ("chromium", lambda: bool(shutil.which("chromium"))),
+    ("postgresql-15-auto-failover", lambda: bool(shutil.which("pg_autoctl"))
+     and os.path.exists("/usr/share/postgresql/15/extension/pgautofailover.control")),
+]
+
+
+def ensure_test_packages() -> None:
+    """Install what the tests need (PgBouncer, Chromium, pg_auto_failover), as root on Debian
+    (SENTINEL_NO_INSTALL=1: never)."""
+    missing = [pkg for pkg, installed in TEST_PACKAGES if not installed()]
+    if os.environ.get("SENTINEL_SKIP_PGBOUNCER") == "1" and "pgbouncer" in missing:
+        missing.remove("pgbouncer")  # the PgBouncer tests then skip knowingly
+    if not missing or not _may_install():
+        return  # the tests that need them fail naming the command
+    _log(f"not installed: {', '.join(missing)}; installing: apt-get update && apt-get install -y {' '.join(missing)}")
     subprocess.run(["sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                                "pgbouncer >/dev/null"])
+                                f"{' '.join(missing)} >/dev/null"])
 
 
 def run_pytest(dsn: str, args: List[str]) -> int:
@@ -244,7 +256,7 @@ def main(argv: List[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     with server() as dsn:
         if cmd == "test":
-            ensure_pgbouncer()
+            ensure_test_packages()
             rc_py = run_pytest(dsn, rest)
             rc_tap = run_pgtap(dsn)
             _log(f"pytest exit {rc_py}, pgTAP exit {rc_tap}")

@@ -13,7 +13,9 @@ docs/testing.md shows docs/results/chaos.json between ``<!-- chaos:begin -->`` a
 function. docs/ha.md shows docs/results/ha-sync.json and ha-async.json between
 ``<!-- ha:begin -->`` and ``<!-- ha:end -->``: one column per replication mode
 and a row per failover, rendered by ``chaos/ha.py``'s ``table``. Nothing in them
-is typed by hand.
+is typed by hand. docs/ha.md also shows docs/results/ha-pgaf.json (``make
+chaos-ha-pgaf``, pg_auto_failover as the HA manager) between ``<!-- ha-pgaf:begin -->``
+and ``<!-- ha-pgaf:end -->``, rendered by ``chaos/ha.py``'s ``pgaf_table``.
 """
 
 from __future__ import annotations
@@ -86,13 +88,24 @@ def render_ha(runs: List[Dict[str, Any]]) -> str:
     return text
 
 
+def render_ha_pgaf(run: Dict[str, Any]) -> str:
+    """The failover run with pg_auto_failover as the HA manager (``make chaos-ha-pgaf``), as ``chaos/ha.py``
+    renders it."""
+    sys.path.insert(0, str(ROOT))
+    from chaos import ha
+
+    text: str = ha.pgaf_table(run)
+    return text
+
+
 def render_ha_summary(runs: List[Dict[str, Any]]) -> str:
     """One line per replication mode for the README: failovers, calls, and the violations by kind."""
     lines = []
     for run in runs:
         v = run["violations"]
         lines.append(
-            f"- {run['mode']}: {run['failovers']} failovers, {run['calls']} calls, "
+            f"- {run['mode']}{' (pg_auto_failover)' if run.get('manager') == 'pg_auto_failover' else ''}: "
+            f"{run['failovers']} failovers, {run['calls']} calls, "
             f"{run['total_violations']} violations (claims lost and re-run {v['claim_lost_rerun']}, "
             f"completions lost {v['completion_lost']}, fences reissued {v['fence_reissued']}, "
             f"replays differing {v['replay_differs']}, other invariants {run['invariant_violations']}); "
@@ -104,7 +117,8 @@ PAGES: List[Tuple[Any, str, str, Callable[[Any], str]]] = [  # (result file(s), 
     ("bench.json", "performance.md", "bench", render),
     ("chaos.json", "testing.md", "chaos", render_chaos),
     (("ha-sync.json", "ha-async.json"), "ha.md", "ha", render_ha),  # several files: the renderer gets a list
-    (("ha-sync.json", "ha-async.json"), "../README.md", "ha-summary", render_ha_summary),
+    (("ha-sync.json", "ha-async.json", "ha-pgaf.json"), "../README.md", "ha-summary", render_ha_summary),
+    ("ha-pgaf.json", "ha.md", "ha-pgaf", render_ha_pgaf),
 ]
 
 
