@@ -50,14 +50,10 @@ from urllib.parse import parse_qs
 from ._cli_io import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _dsn
 from ._ops import Operations
 from ._options import _check_namespace
+from ._present import form_message, http_status
 from ._web_html import CSS, MAX_ROWS, Markup, _Failure, _Page, fmt, shown
 from .errors import (
-    DatabaseUnavailable,
-    ExecutionNotFound,
     InvalidArgument,
-    LoginRefused,
-    PermissionDenied,
-    ReconcileRefused,
     SentinelError,
 )
 
@@ -92,29 +88,6 @@ _SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
-
-
-_STATUS_OF: Tuple[Tuple[type, int], ...] = (
-    (ExecutionNotFound, 404),
-    (ReconcileRefused, 409),
-    (PermissionDenied, 403),
-    (InvalidArgument, 400),
-    (LoginRefused, 502),
-    (DatabaseUnavailable, 503),
-)
-
-
-def _status_of(exc: SentinelError) -> int:
-    for cls, code in _STATUS_OF:
-        if isinstance(exc, cls):
-            return code
-    return 500
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc).strip()
-    text = text[len("sentinel: "):] if text.startswith("sentinel: ") else text
-    return text.replace("pass force=True to override", "tick force to override")
 
 
 def create_app(
@@ -188,8 +161,8 @@ class _Endpoints:
         from starlette.responses import HTMLResponse
 
         namespace = request.query_params.get("namespace") or self.page.namespace
-        body = fmt('<div class="error">{}</div><p><a href="{}/">Back to the list</a></p>', shown(_message(exc)),
-                   _root(request))
+        body = fmt('<div class="error">{}</div><p><a href="{}/">Back to the list</a></p>',
+                   shown(form_message(exc, "force")), _root(request))
         return HTMLResponse(self.page.layout(_root(request), "Error", namespace, body, _user(request)),
                             status_code=status)
 
@@ -204,7 +177,7 @@ class _Endpoints:
             except _Failure as exc:
                 return self.failure(request, exc, exc.status)
             except SentinelError as exc:
-                return self.failure(request, exc, _status_of(exc))
+                return self.failure(request, exc, http_status(exc))
             return HTMLResponse(body, status_code=status)
 
         return endpoint
@@ -253,10 +226,10 @@ class _Endpoints:
             try:
                 self.page.reconcile(form, user)
             except (_Failure, SentinelError) as exc:
-                status = exc.status if isinstance(exc, _Failure) else _status_of(exc)
+                status = exc.status if isinstance(exc, _Failure) else http_status(exc)
                 try:
-                    code, body = self.page.key_page(_root(request), params, user, form=form, problem=_message(exc),
-                                                    status=status)
+                    code, body = self.page.key_page(_root(request), params, user, form=form,
+                                                    problem=form_message(exc, "force"), status=status)
                 except (_Failure, SentinelError):
                     return self.failure(request, exc, status)
                 return HTMLResponse(body, status_code=code)
@@ -402,7 +375,7 @@ def cmd_web(args: argparse.Namespace, out: TextIO) -> int:
     try:
         namespace = _check_namespace(args.namespace)
     except InvalidArgument as exc:
-        return refuse(_message(exc))
+        return refuse(form_message(exc, "force"))
     conninfo = _dsn(args)
     with Operations(conninfo=conninfo, namespace=namespace, connect_timeout=10.0) as ops:
         ops.stats()  # the database answers, the schema is there, the role may read the namespace

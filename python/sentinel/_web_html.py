@@ -24,10 +24,10 @@ from urllib.parse import urlencode
 from ._cli_io import plain
 from ._ops import Operations
 from ._options import _check_key, _check_namespace
+from ._present import STATES, age, why
 from ._rows import EventRow, ExecutionRecord, Stats
 from .errors import InvalidArgument
 
-STATES = ("claimed", "executing", "completed", "failed", "uncertain")
 ACTIONS = ("completed", "failed", "release")
 MAX_ROWS = 10000
 MAX_USER_CHARS = 100
@@ -66,28 +66,8 @@ def document(value: Any) -> Markup:
     return esc(json.dumps(value, indent=2, ensure_ascii=True, sort_keys=True, default=str))
 
 
-def why(record: ExecutionRecord) -> str:
-    """The reason column of a record: why it is uncertain, or who reconciled it and why."""
-    if record["state"] == "uncertain":
-        return record["uncertain_reason"] or ""
-    if record["reconciled_by"]:
-        return f"reconciled by {record['reconciled_by']}: {record['reconcile_reason'] or ''}"
-    return ""
-
-
 def when(value: Optional[datetime]) -> str:
     return "-" if value is None else value.isoformat(sep=" ", timespec="seconds")
-
-
-def age(now: Optional[datetime], then: Optional[datetime]) -> str:
-    """How long ago ``then`` was, at the database's ``now``: ``4.2s``, ``3.0m``, ``1.5h``, ``2.0d``."""
-    if now is None or then is None:
-        return "-"
-    secs = max((now - then).total_seconds(), 0.0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs / size:.1f}{unit}"
-    return f"{secs:.1f}s"
 
 
 CSS = """

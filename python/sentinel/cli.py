@@ -32,6 +32,7 @@ from ._cli_io import (
 )
 from ._durability import DEFAULT_FENCE_MARGIN, durability, fence_gap, resync_fences
 from ._ops import Operations
+from ._present import age
 from ._schema import API_VERSIONS, init_db, migrations, status
 from ._web import add_web_command
 from .errors import DatabaseUnavailable, LoginRefused, ReconcileRefused, SentinelError
@@ -163,23 +164,13 @@ def _sentinel(args: argparse.Namespace) -> Operations:
     return Operations(conninfo=_dsn(args), namespace=args.namespace, connect_timeout=10.0)
 
 
-def _age(now: Any, then: Any) -> str:
-    if now is None or then is None:
-        return "-"
-    secs = max((now - then).total_seconds(), 0.0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs / size:.1f}{unit}"
-    return f"{secs:.1f}s"
-
-
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     """List a namespace's execution records by effective state, oldest change first."""
     with _sentinel(args) as s:
         rows = s.list(args.state, older_than_ms=args.older_than, max_rows=args.limit, bodies=args.bodies)
     _emit(args, {"namespace": args.namespace, "records": rows}, lambda: _table(
         ["key", "state", "fence", "attempt", "owner", "changed", "reason"],
-        [[r["key"], r["state"], r["fence"], r["attempt"], r["owner"], _age(r["now"], r["updated_at"]) + " ago",
+        [[r["key"], r["state"], r["fence"], r["attempt"], r["owner"], age(r["now"], r["updated_at"]) + " ago",
           r["uncertain_reason"] or r["reconcile_reason"] or ""] for r in rows],
     ) if rows else "no records\n", out)
     return EXIT_OK

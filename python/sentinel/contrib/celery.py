@@ -102,54 +102,50 @@ class NotConfigured(SentinelError, RuntimeError):
     """A :class:`SentinelTask` ran in an app that :func:`configure` was never called for."""
 
 
-class TaskInProgress(ExecutionInProgress):
+class _Rebuildable:
+    """Keeps ``(message, namespace, key)`` as ``args``, so a result backend can rebuild the exception."""
+
+    args: Tuple[Any, ...]
+
+    def _keep(self, message: str, namespace: str, key: str) -> None:
+        self.args = (message, namespace, key)
+        self.namespace = namespace
+        self.key = key
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TaskInProgress(_Rebuildable, ExecutionInProgress):
     """The key runs in another worker, and the task used up its retries waiting for it."""
 
     def __init__(self, message: str, namespace: str = "", key: str = "", *, result: Any = None) -> None:
         super().__init__(message, result=result)
-        self.args = (message, namespace, key)
-        self.namespace = namespace
-        self.key = key
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+        self._keep(message, namespace, key)
 
 
-class TaskOutcomeUncertain(OutcomeUncertain):
+class TaskOutcomeUncertain(_Rebuildable, OutcomeUncertain):
     """An execution of the key started and its outcome is unknown: reconcile it, then send the task again."""
 
     def __init__(self, message: str, namespace: str = "", key: str = "", *, result: Any = None) -> None:
         super().__init__(message, result=result)
-        self.args = (message, namespace, key)
-        self.namespace = namespace
-        self.key = key
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+        self._keep(message, namespace, key)
 
 
-class TaskKeyMismatch(KeyMismatch):
+class TaskKeyMismatch(_Rebuildable, KeyMismatch):
     """The key was first used with other arguments (another fingerprint): a key reused for different work."""
 
     def __init__(self, message: str, namespace: str = "", key: str = "") -> None:
         super().__init__(message, namespace=namespace, key=key)
-        self.args = (message, namespace, key)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+        self._keep(message, namespace, key)
 
 
-class TaskPermanentFailure(PermanentFailure):
+class TaskPermanentFailure(_Rebuildable, PermanentFailure):
     """The key's failure was recorded as permanent (``sentinel_permanent``, or reconciled as failed)."""
 
     def __init__(self, message: str, namespace: str = "", key: str = "", *, result: Any = None) -> None:
         super().__init__(message, result=result)
-        self.args = (message, namespace, key)
-        self.namespace = namespace
-        self.key = key
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+        self._keep(message, namespace, key)
 
 
 # -- one Sentinel per process ----------------------------------------------------------------------

@@ -39,14 +39,11 @@ from django import forms
 from ..._cli_io import plain
 from ..._ops import Operations
 from ..._options import _check_namespace
+from ..._present import STATES, age, form_message, http_status, why
 from ..._rows import EventRow, ExecutionRecord, Stats
 from ...errors import (
-    DatabaseUnavailable,
     ExecutionNotFound,
     InvalidArgument,
-    LoginRefused,
-    PermissionDenied,
-    ReconcileRefused,
     SentinelError,
 )
 from .conf import conninfo_for_alias, sentinel_settings
@@ -54,26 +51,8 @@ from .models import Execution
 
 __all__ = ["ExecutionAdmin", "ReconcileForm"]
 
-STATES = ("claimed", "executing", "completed", "failed", "uncertain")
 SEARCH_ROWS = 10000
 LIST_ROWS = 100
-_STATUS_OF: Tuple[Tuple[type, int], ...] = (
-    (ExecutionNotFound, 404), (ReconcileRefused, 409), (PermissionDenied, 403), (InvalidArgument, 400),
-    (LoginRefused, 502), (DatabaseUnavailable, 503),
-)
-
-
-def _status_of(exc: SentinelError) -> int:
-    for cls, code in _STATUS_OF:
-        if isinstance(exc, cls):
-            return code
-    return 500
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc).strip()
-    text = text[len("sentinel: "):] if text.startswith("sentinel: ") else text
-    return text.replace("pass force=True to override", "tick Force to override")
 
 
 def _text(value: Any) -> str:
@@ -81,25 +60,6 @@ def _text(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat(sep=" ", timespec="seconds")
     return plain(value)
-
-
-def _age(now: Any, then: Any) -> str:
-    if now is None or then is None:
-        return "-"
-    secs = max((now - then).total_seconds(), 0.0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs / size:.1f}{unit}"
-    return f"{secs:.1f}s"
-
-
-def why(record: ExecutionRecord) -> str:
-    """The reason column of a record: why it is uncertain, or who reconciled it and why."""
-    if record["state"] == "uncertain":
-        return record["uncertain_reason"] or ""
-    if record["reconciled_by"]:
-        return f"reconciled by {record['reconciled_by']}: {record['reconcile_reason'] or ''}"
-    return ""
 
 
 def _json(text: str) -> Any:
@@ -220,7 +180,7 @@ class ExecutionAdmin(admin.ModelAdmin):  # type: ignore[misc]
     def _row(self, namespace: str, r: ExecutionRecord) -> Dict[str, Any]:
         return {"key": plain(r["key"]), "url": self.key_url(namespace, r["key"]), "state": r["state"],
                 "fence": r["fence"], "attempt": r["attempt"], "owner": plain(r["owner"] or "-"),
-                "changed": _age(r["now"], r["updated_at"]),
+                "changed": age(r["now"], r["updated_at"]),
                 "reason": plain(why(r))}
 
     # -- views --
@@ -244,7 +204,7 @@ class ExecutionAdmin(admin.ModelAdmin):  # type: ignore[misc]
                 if query:
                     rows = self._search(ops, rows, query, state)
         except SentinelError as exc:
-            error, status = _message(exc), _status_of(exc)
+            error, status = form_message(exc, "Force"), http_status(exc)
         context = self.context(
             request, f"Executions in {plain(namespace)}", namespace, state=state or "", query=query, error=error,
             states=STATES, counts=self._counts(namespace, st, state), rows=[self._row(namespace, r) for r in rows],
@@ -305,8 +265,8 @@ class ExecutionAdmin(admin.ModelAdmin):  # type: ignore[misc]
             namespace, key, record, events = self._load(request)
         except SentinelError as exc:
             namespace = request.GET.get("namespace") or self.default_namespace()
-            context = self.context(request, "Execution", namespace, error=_message(exc), states=STATES)
-            return TemplateResponse(request, self.list_template, context, status=_status_of(exc))
+            context = self.context(request, "Execution", namespace, error=form_message(exc, "Force"), states=STATES)
+            return TemplateResponse(request, self.list_template, context, status=http_status(exc))
         context = self._key_context(request, namespace, key, record, events, plain(key))
         return TemplateResponse(request, self.key_template, context)
 
@@ -318,8 +278,8 @@ class ExecutionAdmin(admin.ModelAdmin):  # type: ignore[misc]
             namespace, key, record, events = self._load(request)
         except SentinelError as exc:
             namespace = request.GET.get("namespace") or self.default_namespace()
-            context = self.context(request, "Reconcile", namespace, error=_message(exc), states=STATES)
-            return TemplateResponse(request, self.list_template, context, status=_status_of(exc))
+            context = self.context(request, "Reconcile", namespace, error=form_message(exc, "Force"), states=STATES)
+            return TemplateResponse(request, self.list_template, context, status=http_status(exc))
         actor = str(request.user.get_username())[:200]
         form = ReconcileForm(request.POST if request.method == "POST" else None)
         status = 200
@@ -331,8 +291,8 @@ class ExecutionAdmin(admin.ModelAdmin):  # type: ignore[misc]
                                          reason=form.cleaned_data["reason"], response=response, error=error,
                                          force=bool(form.cleaned_data["force"]))
             except SentinelError as exc:
-                form.add_error(None, _message(exc))
-                status = _status_of(exc)
+                form.add_error(None, form_message(exc, "Force"))
+                status = http_status(exc)
             else:
                 self.message_user(request, f"{plain(namespace)}/{plain(key)}: {done['previous_state']} -> "
                                            f"{done['state']} (fence {done['previous_fence']} -> {done['fence']}), "
