@@ -45,7 +45,7 @@ from .errors import (
     SentinelError,
 )
 
-__all__ = ["ClientCore", "TransactionState"]
+__all__ = ["ClientCore", "Resolutions", "TransactionState"]
 
 logger = logging.getLogger("sentinel")
 
@@ -345,6 +345,10 @@ class ClientCore:
             self._cache.put(ns, key, value, fence, attempt, call.fingerprint, known=True)
         return Result(ns, key, "completed", response=value, fence=fence, attempt=attempt, hard_expires_at=hard_at)
 
+
+class Resolutions(ClientCore):
+    """What an operator's reconcile and a probe's answer mean for a key (the operator calls build on it)."""
+
     def _reconcile_params(self, key: str, action: str, actor: str, reason: str, response: Any, error: Any,
                           force: bool) -> Tuple[Any, ...]:
         key = _check_key(key)
@@ -372,7 +376,6 @@ class ClientCore:
     def _probe_failed(self, probe: Any, call: _Call, exc: BaseException) -> ProbeAnswer:
         logger.error("probe %r failed for %s/%s", probe, self.namespace, call.key, exc_info=exc)
         return Unknown(f"the probe raised {type(exc).__name__}: {exc}")
-
 
 
 class TransactionState:

@@ -22,7 +22,7 @@ from typing import (
 import psycopg
 
 from ._conn import wrap_exceptions
-from ._core import ClientCore
+from ._core import Resolutions
 from ._events import Observer
 from ._frameworks import defaults as framework_defaults
 from ._io_async import (
@@ -43,7 +43,7 @@ __all__ = ["AsyncOperations"]
 _O = TypeVar("_O", bound="AsyncOperations")
 
 
-class AsyncOperations(ClientCore):
+class AsyncOperations(Resolutions):
     """The operator calls on the records of one namespace, without once().
 
     ``conninfo``, ``pool`` or ``get_conn`` and ``namespace`` as for
