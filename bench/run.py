@@ -32,10 +32,14 @@ Scenarios (the names or numbers select them):
    until all 32 hold the response, against the same race done with one
    claim-or-read SQL statement on a plain table.
 5. ``heartbeat``: the database load of heartbeats per second of a long
-   execution at ttl 1 s (renewals counted by n_tup_upd and
-   pg_stat_user_functions, server time, commits, WAL), and how many
-   concurrent long executions one process keeps alive at ttl 1 s (ramped up
-   until a lease is lost or one comes within 10% of lapsing).
+   execution at ttl 1 s (renewals counted by n_tup_upd, heartbeat
+   statements and their server time by pg_stat_statements, commits, WAL).
+5b. ``leases``: how many long executions one process keeps alive at ttl 1 s
+   with none lost: ramped up (adding to those running) until a lease lapses,
+   each count held a fixed time after all of it started and watched every
+   100 ms; with the server time per heartbeat statement and the claims it
+   renews. Once with batched heartbeats (heartbeat_many_v1; target:
+   >= 10,000), once with one heartbeat_v2 statement per lease.
 6. ``scale``: fresh and replay latency with 10^3 and then 10^6 existing
    records (bulk-loaded as completed rows with one INSERT ... SELECT
    generate_series, as the schema owner) in a separate database; the ratio is
@@ -180,7 +184,7 @@ def versions() -> Dict[str, str]:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="Sentinel benchmark (see the module docstring).")
     ap.add_argument("--quick", action="store_true", help="smoke run: small counts, under a minute")
-    ap.add_argument("--scenarios", "-s", help="comma-separated names or numbers (default: 1-8)")
+    ap.add_argument("--scenarios", "-s", help="comma-separated names or numbers (default: all but profile)")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
     ap.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
     ap.add_argument("--no-pgss", action="store_true",

@@ -874,7 +874,7 @@ class Harness:
 
     def hb_backends(self, w: WorkerProc) -> List[int]:
         rows = self.admin().q("select pid from pg_stat_activity where application_name = %s"
-                              " and query like '%%heartbeat_v2%%'", (w.app,))
+                              " and query like '%%sentinel.heartbeat%%'", (w.app,))
         return [int(r[0]) for r in rows]
 
     def term_heartbeat(self) -> bool:
@@ -914,7 +914,7 @@ class Harness:
             return False
         t_mono = time.monotonic()
         try:
-            done = self.terminate("application_name = %s and query not like '%%heartbeat_v2%%'", (w.app,))
+            done = self.terminate("application_name = %s and query not like '%%sentinel.heartbeat%%'", (w.app,))
         finally:
             w.ack(int(doc["seq"]))
         hit = self.wait_for(lambda: any(

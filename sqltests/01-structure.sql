@@ -39,8 +39,8 @@ select results_eq(
         where t.typnamespace = 'sentinel'::regnamespace and t.typtype = 'c'
           and t.typname like '%\_v1' order by 1 $$,
     $$ values ('abandon_result_v1'), ('acquire_result_v1'), ('execution_v1'), ('finish_result_v1'),
-              ('heartbeat_result_v1'), ('reconcile_result_v1'), ('stats_v1') $$,
-    'the seven _v1 result types exist');
+              ('heartbeat_many_result_v1'), ('heartbeat_result_v1'), ('reconcile_result_v1'), ('stats_v1') $$,
+    'the eight _v1 result types exist');
 
 -- Every function comments itself.
 select is_empty(
@@ -56,7 +56,7 @@ select results_eq(
         where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef order by 1 $$,
     $$ values ('abandon_v1'), ('abandon_v2'), ('acquire_v1'), ('acquire_v2'), ('begin_v1'), ('begin_v2'),
               ('complete_v1'), ('complete_v2'), ('complete_v3'), ('events_v1'), ('fail_v1'), ('fail_v2'),
-              ('fail_v3'), ('heartbeat_v1'), ('heartbeat_v2'),
+              ('fail_v3'), ('heartbeat_many_v1'), ('heartbeat_v1'), ('heartbeat_v2'),
               ('inspect_v1'), ('list_v1'), ('list_v2'), ('purge_events_v1'), ('purge_expired_v1'), ('purge_v1'),
               ('reconcile_v1'), ('stats_v1'), ('unwatch_v1'), ('watch_v1'), ('watch_v2') $$,
     'exactly the protocol functions are SECURITY DEFINER');

@@ -1,14 +1,15 @@
-"""One background thread that keeps the leases of a process's executions alive."""
+"""The background thread that keeps the leases of a process's executions alive, and what it shares with the task."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import psycopg
 
@@ -19,6 +20,9 @@ from ._logs import throttle as _throttle
 logger = logging.getLogger("sentinel")
 
 HEARTBEAT_SQL = "select alive, state, lease_expires_at from sentinel.heartbeat_v2(%s, %s, %s, %s)"
+#: many claims of one namespace in one statement; one row back: what each claim got, as arrays
+HEARTBEAT_MANY_SQL = ("select array_agg(h.ord), array_agg(h.outcome), array_agg(h.state), array_agg(h.lease_expires_at)"
+                      " from sentinel.heartbeat_many_v1(%s, %s::text[], %s::bigint[], %s::text[]) h")
 
 
 class Lease:
@@ -96,13 +100,133 @@ def renewal_bound(timeout: Optional[float], lease: Lease) -> Optional[float]:
 
 
 class Renewals:
-    """What the heartbeat thread and the heartbeat task decide alike about a lease they could not renew."""
+    """What the heartbeat thread and the heartbeat task decide alike, apart from their I/O.
+
+    Leases wait in a schedule (a heap of ``(due, lease id)``). When the
+    earliest is due, every lease due within a short window joins it
+    (:meth:`_due`), so each keeps its ``ttl/3`` cadence, renewed at most a
+    window early; they are renewed per namespace, up to ``BATCH_MAX`` claims
+    in one ``heartbeat_many_v1`` statement (:meth:`_batches`). A row another
+    session holds locked is skipped by that statement and handed to a second
+    lane that asks ``heartbeat_v2`` for it alone (which waits up to 100 ms
+    for the lock), so one stuck key never delays the others.
+    """
+
+    #: claims renewed by one statement at most (the SQL function takes up to 10000)
+    BATCH_MAX = 1000
+    #: seconds: a lease due this soon (and within a quarter of its interval) joins a batch being sent
+    BATCH_WINDOW = 0.05
+    #: seconds the second lane keeps its connection without work
+    LANE_IDLE = 10.0
+
+    _heap: List[Tuple[float, int]]
+    _leases: Dict[int, Any]  # id -> Lease (AsyncLease for the task)
+    #: False once the database or the role cannot batch (no heartbeat_many_v1): each lease alone then
+    _batched: bool
 
     def unregister(self, lease: Lease) -> None:  # pragma: no cover - both heartbeats define it
         raise NotImplementedError
 
     def _reschedule(self, lease: Lease, delay: float) -> None:  # pragma: no cover - both heartbeats define it
         raise NotImplementedError
+
+    def _registered(self, lease: Lease) -> bool:
+        return lease.id in self._leases
+
+    # -- the schedule ---------------------------------------------------------------
+
+    def _due(self, now: float) -> Tuple[List[Lease], Optional[float]]:
+        """Take the leases to renew now: ``(due, None)``, or ``([], seconds until the next is due)``
+        (``None``: nothing is scheduled). Call it holding whatever guards the schedule."""
+        heap, leases = self._heap, self._leases
+        while heap and heap[0][1] not in leases:
+            heapq.heappop(heap)  # finished while it waited
+        if not heap:
+            return [], None
+        if heap[0][0] > now:
+            return [], heap[0][0] - now
+        due: List[Lease] = []
+        later: List[Tuple[float, int]] = []
+        while heap and heap[0][0] <= now + self.BATCH_WINDOW:
+            entry = heapq.heappop(heap)
+            lease = leases.get(entry[1])
+            if lease is None:
+                continue
+            if entry[0] <= now + min(self.BATCH_WINDOW, lease.interval / 4):
+                due.append(lease)
+            else:
+                later.append(entry)  # too early for its own cadence
+        for entry in later:
+            heapq.heappush(heap, entry)
+        return due, None
+
+    def _batches(self, due: List[Lease]) -> List[List[Lease]]:
+        """The statements to send for ``due``: one namespace each, at most ``BATCH_MAX`` claims."""
+        by_namespace: Dict[str, List[Lease]] = {}
+        for lease in due:
+            by_namespace.setdefault(lease.namespace, []).append(lease)
+        return [group[i:i + self.BATCH_MAX] for group in by_namespace.values()
+                for i in range(0, len(group), self.BATCH_MAX)]
+
+    @staticmethod
+    def _batch_params(batch: List[Lease]) -> Tuple[str, List[str], List[int], List[str]]:
+        return (batch[0].namespace, [lease.key for lease in batch], [lease.fence for lease in batch],
+                [lease.token for lease in batch])
+
+    @staticmethod
+    def _batch_bound(timeout: Optional[float], batch: List[Lease]) -> Optional[float]:
+        """How long a batch may wait for its reply: the shortest bound of its leases (see renewal_bound)."""
+        return renewal_bound(timeout, min(batch, key=lambda lease: lease.interval))
+
+    # -- what the database answered ---------------------------------------------------
+
+    def _answered(self, batch: List[Lease], row: Any) -> List[Lease]:
+        """What heartbeat_many_v1 answered for ``batch``; returns the leases to ask heartbeat_v2 for (locked)."""
+        ords, outcomes, states, expires = row if row is not None else (None, None, None, None)
+        answered = [False] * len(batch)
+        locked: List[Lease] = []
+        for ord_, outcome, state, expires_at in zip(ords or (), outcomes or (), states or (), expires or ()):
+            lease = batch[ord_ - 1]
+            answered[ord_ - 1] = True
+            if outcome == "renewed":
+                lease.lease_expires_at = expires_at
+                self._reschedule(lease, lease.interval)
+            elif outcome == "locked":
+                locked.append(lease)
+            elif self._registered(lease):
+                self._lose(lease, f"state now {state}")
+        for lease, done in zip(batch, answered):
+            if not done:  # no answer for it: as if the statement had not reached the database
+                self._unreachable(lease)
+        return locked
+
+    def _batch_failed(self, batch: List[Lease], exc: BaseException, conn: Any) -> Tuple[bool, List[Lease]]:
+        """The batch raised: ``(keep the connection, leases to ask heartbeat_v2 for)``.
+
+        Every lease is retried soon (or lost past its hard deadline), as when
+        a single renewal fails. A database without ``heartbeat_many_v1``
+        (schema older than version 13) or a role that may not call it makes
+        this heartbeat renew each lease alone from then on.
+        """
+        usable = not conn.broken and not conn.closed
+        code = getattr(exc, "sqlstate", None)
+        if self._batched and (code == "42883" or (code == "42501" and "heartbeat_many_v1" in str(exc))):
+            self._batched = False
+            logger.warning("heartbeat cannot renew leases in batches (%s); renewing each lease alone with "
+                           "heartbeat_v2: run `sentinel migrate` (schema version 13 adds heartbeat_many_v1), or "
+                           "grant the role EXECUTE on it (grant_v2 does)", one_line(exc),
+                           extra={"sentinel_namespace": batch[0].namespace})
+            return usable, list(batch)
+        locked = code in ("55P03", "40001", "40P01")
+        level = logging.WARNING if is_connection_loss(exc) or locked else logging.ERROR
+        held = _throttle(("renew-batch", id(self), batch[0].namespace))
+        if held is not None:
+            logger.log(level, "heartbeat for %d lease(s) of %s failed (%s); retrying%s", len(batch),
+                       batch[0].namespace, one_line(exc), held_back(held),
+                       extra={"sentinel_namespace": batch[0].namespace})
+        for lease in batch:
+            self._unreachable(lease)
+        return locked and usable, []
 
     def _lose(self, lease: Lease, why: str) -> None:
         logger.warning(
@@ -122,7 +246,8 @@ class Renewals:
         self._unreachable(lease)
 
     def _renewal_failed(self, lease: Lease, exc: BaseException, conn: Any) -> bool:
-        """The renewal raised: say so (throttled), try again soon; True if the connection can be kept.
+        """A single renewal (heartbeat_v2) raised: say so (throttled), try again soon; True if the connection
+        can be kept.
 
         A lock timeout (another session holds this row) or a conflict (a
         repeatable-read session) leaves the connection usable.
@@ -154,14 +279,43 @@ class Renewals:
             self._reschedule(lease, min(lease.interval, 0.2))
 
 
+class _Dedicated:
+    """A connection of the heartbeat's own: opened when first needed, given back when idle or broken."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        self._cm: Any = None
+        self.conn: Optional[psycopg.Connection[Any]] = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        """The connection, opened now if need be (raises what opening it raised)."""
+        if self.conn is None:
+            cm = self._source.dedicated()
+            self.conn = cm.__enter__()
+            self._cm = cm
+        return self.conn
+
+    def drop(self, exc: Optional[BaseException] = None) -> None:
+        """Give the connection back (after ``exc``, if it failed)."""
+        cm, self._cm, self.conn = self._cm, None, None
+        if cm is not None:
+            with contextlib.suppress(Exception):
+                cm.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+
 class Heartbeater(Renewals):
     """Renews the leases of every in-flight execution of one ``Sentinel``.
 
-    A single daemon thread, started on first use, sleeps until the next lease is
-    due, renews it with ``heartbeat_v2`` on its own connection, and sets the
-    lease's ``lost`` event when the database says the execution is no longer
-    ours (lease lapsed, hard deadline passed, fence taken over). It never
-    decides anything itself: the database does.
+    A daemon thread (``sentinel-heartbeat``), started on first use, sleeps
+    until leases are due and renews them together, one ``heartbeat_many_v1``
+    statement per namespace and batch, on a connection of its own (held only
+    while executions are in flight). A key whose row another session holds
+    locked goes to a second thread (``sentinel-heartbeat-single``, started
+    when first needed) that renews it alone with ``heartbeat_v2``, so it
+    never delays the others. A lease is marked lost when the database says
+    the execution is no longer ours (lease lapsed, hard deadline passed,
+    fence taken over), or when the hard deadline passed while the database
+    was unreachable. It decides nothing itself: the database does.
     """
 
     def __init__(self, source: Source, on_lost: Optional[Callable[[Lease], None]] = None,
@@ -170,16 +324,21 @@ class Heartbeater(Renewals):
         self._timeout = timeout  # the client's reply_timeout
         self._on_lost = on_lost
         self._explicit = explicit  # protocol calls in explicit read committed transactions (see _conn)
-        self._cond = threading.Condition()
-        self._heap: List[Tuple[float, int]] = []
-        self._leases: Dict[int, Lease] = {}
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)  # the batch thread waits for due leases here
+        self._queued = threading.Condition(self._lock)  # the single lane waits for locked keys here
+        self._heap = []
+        self._leases = {}
+        self._singles: Deque[Lease] = collections.deque()
+        self._batched = True
         self._ids = itertools.count(1)
         self._thread: Optional[threading.Thread] = None
+        self._single_thread: Optional[threading.Thread] = None
         self._closed = False
 
     def register(self, lease: Lease) -> None:
         """Start renewing ``lease``; its first renewal is one interval from now."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("this Sentinel is closed")
             lease.id = next(self._ids)
@@ -197,94 +356,135 @@ class Heartbeater(Renewals):
 
     def unregister(self, lease: Lease) -> None:
         """Stop renewing ``lease`` (its entry in the schedule is dropped lazily)."""
-        with self._cond:
+        with self._lock:
             self._leases.pop(lease.id, None)
 
     def close(self) -> None:
-        """Stop the thread; leases still registered are no longer renewed."""
-        with self._cond:
+        """Stop the threads; leases still registered are no longer renewed."""
+        with self._lock:
             self._closed = True
             self._leases.clear()
-            self._cond.notify()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-
-    def _next_due(self) -> Optional[List[Lease]]:
-        """Wait until at least one lease is due; None when closed."""
-        with self._cond:
-            while True:
-                if self._closed:
-                    return None
-                while self._heap and self._heap[0][1] not in self._leases:
-                    heapq.heappop(self._heap)
-                now = time.monotonic()
-                if self._heap and self._heap[0][0] <= now:
-                    due: List[Lease] = []
-                    while self._heap and self._heap[0][0] <= now:
-                        _, lid = heapq.heappop(self._heap)
-                        lease = self._leases.get(lid)
-                        if lease is not None:
-                            due.append(lease)
-                    if due:
-                        return due
-                    continue
-                timeout = (self._heap[0][0] - now) if self._heap else None
-                self._cond.wait(timeout)
+            self._singles.clear()
+            self._cond.notify_all()
+            self._queued.notify_all()
+        for thread in (self._thread, self._single_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=5)
 
     def _registered(self, lease: Lease) -> bool:
-        with self._cond:
+        with self._lock:
             return lease.id in self._leases
 
     def _reschedule(self, lease: Lease, delay: float) -> None:
-        with self._cond:
+        with self._lock:
             if lease.id in self._leases:
-                heapq.heappush(self._heap, (time.monotonic() + delay, lease.id))
+                due = time.monotonic() + delay
+                if not self._heap or due < self._heap[0][0]:
+                    self._cond.notify()  # (from the single lane) due before the batch thread's next wake-up
+                heapq.heappush(self._heap, (due, lease.id))
+
+    def _hand_over(self, leases: List[Lease]) -> None:
+        """Renew these leases alone, with heartbeat_v2, on the single lane."""
+        if not leases:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._singles.extend(leases)
+            if self._single_thread is None or not self._single_thread.is_alive():
+                self._single_thread = threading.Thread(target=self._run_single, name="sentinel-heartbeat-single",
+                                                       daemon=True)
+                self._single_thread.start()
+            else:
+                self._queued.notify()
 
     def _idle(self) -> bool:
-        with self._cond:
+        with self._lock:
             return not self._leases
 
+    def _next_due(self) -> Optional[List[Lease]]:
+        """Wait until leases are due; None when closed."""
+        with self._lock:
+            while not self._closed:
+                due, wait = self._due(time.monotonic())
+                if due:
+                    return due
+                self._cond.wait(wait)
+            return None
+
+    def _next_single(self, idle: Optional[float]) -> Tuple[bool, Optional[Lease]]:
+        """The next lease of the single lane: ``(False, lease)``; ``(False, None)`` after ``idle`` seconds
+        without one; ``(True, None)`` when closed."""
+        with self._lock:
+            while not self._closed:
+                if self._singles:
+                    return False, self._singles.popleft()
+                if not self._queued.wait(idle):
+                    return False, None
+            return True, None
+
     def _run(self) -> None:
-        conn_cm: Any = None
-        conn: Optional[psycopg.Connection[Any]] = None
+        lane = _Dedicated(self._source)
         try:
             while True:
                 due = self._next_due()
                 if due is None:
                     return
-                for lease in due:
-                    if not self._registered(lease):
-                        continue  # finished while this round was being picked
-                    if conn is None:
-                        try:
-                            conn_cm = self._source.dedicated()
-                            conn = conn_cm.__enter__()
-                        except Exception as exc:
-                            conn_cm = conn = None
-                            self._cannot_connect(lease, exc)
-                            continue
-                    try:
-                        params = (lease.namespace, lease.key, lease.fence, lease.token)
-                        row = protocol_row(conn, HEARTBEAT_SQL, params,
-                                           explicit=self._explicit(), timeout=renewal_bound(self._timeout, lease))
-                    except Exception as exc:
-                        if not self._renewal_failed(lease, exc, conn):
-                            with contextlib.suppress(Exception):
-                                conn_cm.__exit__(type(exc), exc, exc.__traceback__)
-                            conn_cm = conn = None
+                if not self._batched:
+                    self._hand_over(due)
+                    continue
+                for batch in self._batches(due):
+                    batch = [lease for lease in batch if self._registered(lease)]  # some finished meanwhile
+                    if not batch:
                         continue
-                    self._renewed(lease, row, self._registered(lease))
-                if conn_cm is not None and self._idle():
-                    # Nothing in flight: give the connection back until needed.
                     try:
-                        conn_cm.__exit__(None, None, None)
-                    except Exception:
-                        pass
-                    conn_cm = conn = None
+                        conn = lane.get()
+                    except Exception as exc:
+                        for lease in batch:
+                            self._cannot_connect(lease, exc)
+                        continue
+                    try:
+                        row = protocol_row(conn, HEARTBEAT_MANY_SQL, self._batch_params(batch),
+                                           explicit=self._explicit(), timeout=self._batch_bound(self._timeout, batch))
+                    except Exception as exc:
+                        keep, alone = self._batch_failed(batch, exc, conn)
+                        if not keep:
+                            lane.drop(exc)
+                        self._hand_over(alone)
+                        continue
+                    self._hand_over(self._answered(batch, row))
+                if lane.conn is not None and self._idle():
+                    lane.drop()  # nothing in flight: give the connection back until needed
         finally:
-            if conn_cm is not None:
+            lane.drop()
+
+    def _run_single(self) -> None:
+        lane = _Dedicated(self._source)
+        try:
+            while True:
+                closed, lease = self._next_single(self.LANE_IDLE if lane.conn is not None else None)
+                if closed:
+                    return
+                if lease is None:
+                    lane.drop()  # idle for a while: give the connection back until needed
+                    continue
+                if not self._registered(lease):
+                    continue  # finished while it waited
                 try:
-                    conn_cm.__exit__(None, None, None)
-                except Exception:
-                    pass
+                    conn = lane.get()
+                except Exception as exc:
+                    self._cannot_connect(lease, exc)
+                    continue
+                try:
+                    params = (lease.namespace, lease.key, lease.fence, lease.token)
+                    row = protocol_row(conn, HEARTBEAT_SQL, params,
+                                       explicit=self._explicit(), timeout=renewal_bound(self._timeout, lease))
+                except Exception as exc:
+                    if not self._renewal_failed(lease, exc, conn):
+                        lane.drop(exc)
+                    continue
+                self._renewed(lease, row, self._registered(lease))
+                if self._idle():
+                    lane.drop()
+        finally:
+            lane.drop()

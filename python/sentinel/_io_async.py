@@ -8,6 +8,7 @@ the threaded equivalents the same names without ``Async``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import heapq
@@ -16,13 +17,13 @@ import itertools
 import logging
 import time
 from datetime import datetime
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 import psycopg
 from psycopg import sql
 
 from ._events import UncertainKey
-from ._heartbeat import HEARTBEAT_SQL, Lease, Renewals, renewal_bound
+from ._heartbeat import HEARTBEAT_MANY_SQL, HEARTBEAT_SQL, Lease, Renewals, renewal_bound
 from ._results import ExecutionContext
 from ._sources_async import (
     AsyncGetConn,
@@ -73,15 +74,42 @@ class AsyncLease(Lease):
         super()._notify()  # observers run on the event loop
 
 
+class _AsyncDedicated:
+    """A connection of the heartbeat task's own: opened when first needed, given back when idle or broken."""
+
+    def __init__(self, source: AsyncSource) -> None:
+        self._source = source
+        self._cm: Optional[contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]] = None
+        self.conn: Optional[psycopg.AsyncConnection[Any]] = None
+
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        """The connection, opened now if need be (raises what opening it raised)."""
+        if self.conn is None:
+            cm = self._source.dedicated()
+            self.conn = await cm.__aenter__()
+            self._cm = cm
+        return self.conn
+
+    async def drop(self, exc: Optional[BaseException] = None) -> None:
+        """Give the connection back (after ``exc``, if it failed)."""
+        cm, self._cm, self.conn = self._cm, None, None
+        if cm is not None:
+            with contextlib.suppress(Exception):
+                await cm.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+
 class AsyncHeartbeater(Renewals):
     """Renews the leases of every in-flight execution of one ``AsyncSentinel``.
 
-    One asyncio task (named ``sentinel-heartbeat``), started on first use,
-    sleeps until the next lease is due, renews it with ``heartbeat_v2`` on a
-    connection of its own (held only while executions are in flight), and
-    marks a lease lost when the database says the execution is no longer
-    ours, or when the hard deadline passed while the database was
-    unreachable. It decides nothing itself: the database does.
+    One asyncio task (``sentinel-heartbeat``), started on first use, sleeps
+    until leases are due and renews them together, one ``heartbeat_many_v1``
+    statement per namespace and batch, on a connection of its own (held only
+    while executions are in flight). A key whose row another session holds
+    locked goes to a second task (``sentinel-heartbeat-single``, started when
+    first needed) that renews it alone with ``heartbeat_v2``, so it never
+    delays the others. A lease is marked lost when the database says the
+    execution is no longer ours, or when the hard deadline passed while the
+    database was unreachable. It decides nothing itself: the database does.
     """
 
     def __init__(self, source: AsyncSource, on_lost: Callable[[AsyncLease], None],
@@ -90,11 +118,15 @@ class AsyncHeartbeater(Renewals):
         self._source = source
         self._on_lost = on_lost
         self._explicit = explicit  # protocol calls in explicit read committed transactions (see _conn)
-        self._heap: List[Tuple[float, int]] = []
-        self._leases: Dict[int, AsyncLease] = {}
+        self._heap = []
+        self._leases = {}
+        self._singles: Deque[Lease] = collections.deque()
+        self._batched = True
         self._ids = itertools.count(1)
         self._task: Optional[asyncio.Task[None]] = None
-        self._wake: Optional[asyncio.Event] = None
+        self._single_task: Optional[asyncio.Task[None]] = None
+        self._wake: Optional[asyncio.Event] = None  # the batch task waits for due leases on it
+        self._queued: Optional[asyncio.Event] = None  # the single lane waits for locked keys on it
         self._closed = False
 
     def register(self, lease: AsyncLease) -> None:
@@ -119,80 +151,122 @@ class AsyncHeartbeater(Renewals):
         self._leases.pop(lease.id, None)
 
     async def close(self) -> None:
-        """Stop the task; leases still registered are no longer renewed."""
+        """Stop the tasks; leases still registered are no longer renewed."""
         self._closed = True
         self._leases.clear()
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    async def _next_due(self) -> List[AsyncLease]:
-        while True:
-            while self._heap and self._heap[0][1] not in self._leases:
-                heapq.heappop(self._heap)
-            now = time.monotonic()
-            if self._heap and self._heap[0][0] <= now:
-                due: List[AsyncLease] = []
-                while self._heap and self._heap[0][0] <= now:
-                    _, lid = heapq.heappop(self._heap)
-                    lease = self._leases.get(lid)
-                    if lease is not None:
-                        due.append(lease)
-                if due:
-                    return due
-                continue
-            wake = self._wake
-            assert wake is not None
-            wake.clear()
-            timeout = (self._heap[0][0] - now) if self._heap else None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout)
+        self._singles.clear()
+        for task in (self._task, self._single_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._single_task = None
 
     def _reschedule(self, lease: Lease, delay: float) -> None:
         if lease.id in self._leases:
-            heapq.heappush(self._heap, (time.monotonic() + delay, lease.id))
+            due = time.monotonic() + delay
+            if (not self._heap or due < self._heap[0][0]) and self._wake is not None:
+                self._wake.set()  # (from the single lane) due before the batch task's next wake-up
+            heapq.heappush(self._heap, (due, lease.id))
+
+    def _hand_over(self, leases: List[Lease]) -> None:
+        """Renew these leases alone, with heartbeat_v2, on the single lane."""
+        if not leases or self._closed:
+            return
+        self._singles.extend(leases)
+        if self._single_task is None or self._single_task.done():
+            self._queued = asyncio.Event()
+            self._single_task = asyncio.get_running_loop().create_task(self._run_single(),
+                                                                       name="sentinel-heartbeat-single")
+        elif self._queued is not None:
+            self._queued.set()
+
+    async def _next_due(self) -> List[Lease]:
+        """Wait until leases are due."""
+        while True:
+            due, wait = self._due(time.monotonic())
+            if due:
+                return due
+            wake = self._wake
+            assert wake is not None
+            wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), wait)
+
+    async def _next_single(self, idle: Optional[float]) -> Optional[Lease]:
+        """The next lease of the single lane; None after ``idle`` seconds without one."""
+        while not self._singles:
+            queued = self._queued
+            assert queued is not None
+            queued.clear()
+            try:
+                await asyncio.wait_for(queued.wait(), idle)
+            except asyncio.TimeoutError:
+                return None
+        return self._singles.popleft()
 
     async def _run(self) -> None:
-        conn_cm: Optional[contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]] = None
-        conn: Optional[psycopg.AsyncConnection[Any]] = None
-
-        async def release(exc: Optional[BaseException] = None) -> None:
-            nonlocal conn_cm, conn
-            cm, conn_cm, conn = conn_cm, None, None
-            if cm is not None:
-                with contextlib.suppress(Exception):
-                    await cm.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
-
+        lane = _AsyncDedicated(self._source)
         try:
             while True:
                 due = await self._next_due()
-                for lease in due:
-                    if lease.id not in self._leases:
-                        continue  # finished while this round was being picked
-                    if conn is None:
-                        try:
-                            conn_cm = self._source.dedicated()
-                            conn = await conn_cm.__aenter__()
-                        except Exception as exc:
-                            conn_cm = conn = None
-                            self._cannot_connect(lease, exc)
-                            continue
-                    try:
-                        params = (lease.namespace, lease.key, lease.fence, lease.token)
-                        row = await protocol_row(conn, HEARTBEAT_SQL, params,
-                                                 explicit=self._explicit(),
-                                                 timeout=renewal_bound(self._timeout, lease))
-                    except Exception as exc:
-                        if not self._renewal_failed(lease, exc, conn):
-                            await release(exc)
+                if not self._batched:
+                    self._hand_over(due)
+                    continue
+                for batch in self._batches(due):
+                    batch = [lease for lease in batch if self._registered(lease)]  # some finished meanwhile
+                    if not batch:
                         continue
-                    self._renewed(lease, row, lease.id in self._leases)
-                if conn_cm is not None and not self._leases:
-                    await release()  # nothing in flight: give the connection back until needed
+                    try:
+                        conn = await lane.get()
+                    except Exception as exc:
+                        for lease in batch:
+                            self._cannot_connect(lease, exc)
+                        continue
+                    try:
+                        row = await protocol_row(conn, HEARTBEAT_MANY_SQL, self._batch_params(batch),
+                                                 explicit=self._explicit(),
+                                                 timeout=self._batch_bound(self._timeout, batch))
+                    except Exception as exc:
+                        keep, alone = self._batch_failed(batch, exc, conn)
+                        if not keep:
+                            await lane.drop(exc)
+                        self._hand_over(alone)
+                        continue
+                    self._hand_over(self._answered(batch, row))
+                if lane.conn is not None and not self._leases:
+                    await lane.drop()  # nothing in flight: give the connection back until needed
         finally:
-            await release()
+            await lane.drop()
+
+    async def _run_single(self) -> None:
+        lane = _AsyncDedicated(self._source)
+        try:
+            while True:
+                lease = await self._next_single(self.LANE_IDLE if lane.conn is not None else None)
+                if lease is None:
+                    await lane.drop()  # idle for a while: give the connection back until needed
+                    continue
+                if not self._registered(lease):
+                    continue  # finished while it waited
+                try:
+                    conn = await lane.get()
+                except Exception as exc:
+                    self._cannot_connect(lease, exc)
+                    continue
+                try:
+                    params = (lease.namespace, lease.key, lease.fence, lease.token)
+                    row = await protocol_row(conn, HEARTBEAT_SQL, params, explicit=self._explicit(),
+                                             timeout=renewal_bound(self._timeout, lease))
+                except Exception as exc:
+                    if not self._renewal_failed(lease, exc, conn):
+                        await lane.drop(exc)
+                    continue
+                self._renewed(lease, row, self._registered(lease))
+                if not self._leases:
+                    await lane.drop()
+        finally:
+            await lane.drop()
 
 
 # -- LISTEN/NOTIFY -----------------------------------------------------------------

@@ -336,11 +336,11 @@ end
 $$;
 comment on function sentinel.grant_v2(text, text, text[]) is
     'Gives role rights in one namespace (''*'': every namespace) and EXECUTE on the functions they need. rights: '
-    'app (the protocol with proof of the claim: acquire_v2, begin_v2, heartbeat_v2, complete_v3, fail_v3, '
-    'abandon_v2, watch_v2; reading records), probe (resolve uncertain keys: reconcile_v1 without force), operator '
-    '(reconcile any key), purge (purge_v1; purge_events_v1 with ''*''). Never the legacy functions (which change a '
-    'claim without its token). Runs with the caller''s rights (the schema owner or a superuser). Returns what it '
-    'did. Raises SN002, SN006, SN012.';
+    'app (the protocol with proof of the claim: acquire_v2, begin_v2, heartbeat_v2, heartbeat_many_v1, '
+    'complete_v3, fail_v3, abandon_v2, watch_v2; reading records), probe (resolve uncertain keys: reconcile_v1 '
+    'without force), operator (reconcile any key), purge (purge_v1; purge_events_v1 with ''*''). Never the legacy '
+    'functions (which change a claim without its token). Runs with the caller''s rights (the schema owner or a '
+    'superuser). Returns what it did. Raises SN002, SN006, SN012.';
 revoke all on function sentinel.grant_v2(text, text, text[]) from public;
 
 create function sentinel.revoke_v1(role text, namespace text default null, rights text[] default null,
@@ -602,4 +602,5 @@ insert into sentinel.grantable (function, operator, kind, legacy) values
     ('sentinel.complete_v3(text, text, bigint, text, jsonb, bigint)', false, 'app', false),
     ('sentinel.fail_v3(text, text, bigint, text, jsonb, boolean, bigint)', false, 'app', false),
     ('sentinel.abandon_v2(text, text, bigint, text, text)', false, 'app', false),
-    ('sentinel.watch_v2(text, text, bigint, text)', false, 'app', false);
+    ('sentinel.watch_v2(text, text, bigint, text)', false, 'app', false),
+    ('sentinel.heartbeat_many_v1(text, text[], bigint[], text[])', false, 'app', false);
