@@ -582,9 +582,13 @@ class HAHarness(chaos_run.Harness):
                     w.armed = False
         return "any", doc, None
 
-    def failover(self, n: int, reseed: bool = True) -> Dict[str, Any]:
-        """SIGKILL the primary, promote the standby, re-seed a standby on the old one's port."""
-        old, new = self.primary, self.standby
+    def kill_primary(self, n: int, old: Any, new: Any
+                     ) -> Tuple[str, Dict[str, Any], Optional[Tuple[chaos_run.WorkerProc, int]], float]:
+        """Failover ``n``'s kill: wait for its moment, note the standby's state, SIGKILL every process of ``old``.
+
+        Returns the moment's kind, the failover's record so far, the worker held at that moment (if any) and
+        the monotonic time of the kill.
+        """
         kind, doc, pending = self.moment(self.schedule[n - 1] if n <= len(self.schedule) else "any")
         doc = {"n": n, "moment": kind, "killed": f"{old.name}:{old.port}", "promoted": f"{new.name}:{new.port}",
                **doc}
@@ -593,6 +597,12 @@ class HAHarness(chaos_run.Harness):
         doc["kill_t"] = time.time()
         t0 = time.monotonic()
         doc["processes_killed"] = old.kill9()
+        return kind, doc, pending, t0
+
+    def failover(self, n: int, reseed: bool = True) -> Dict[str, Any]:
+        """SIGKILL the primary, promote the standby, re-seed a standby on the old one's port."""
+        old, new = self.primary, self.standby
+        kind, doc, pending, t0 = self.kill_primary(n, old, new)
         link = self.link
         if kind == "cut" and link is not None:
             link.cut()  # what the primary sent while the link was held is gone with it
@@ -1073,14 +1083,7 @@ class PgafHarness(HAHarness):
         keeper is started again and rejoins as a secondary, probed for writes the whole time."""
         old, new = self.primary, self.standby
         assert isinstance(old, PgafNode) and isinstance(new, PgafNode)
-        kind, doc, pending = self.moment(self.schedule[n - 1] if n <= len(self.schedule) else "any")
-        doc = {"n": n, "moment": kind, "killed": f"{old.name}:{old.port}", "promoted": f"{new.name}:{new.port}",
-               **doc}
-        repl = self.replication()
-        doc["standby_before_kill"] = None if repl is None else {"state": repl[0], "sync_state": repl[1]}
-        doc["kill_t"] = time.time()
-        t0 = time.monotonic()
-        doc["processes_killed"] = old.kill9()
+        kind, doc, pending, t0 = self.kill_primary(n, old, new)
         if pending is not None:
             w, seq = pending
             with self.cv:
