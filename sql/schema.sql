@@ -34,5 +34,5 @@ insert into sentinel.migrations (id, name, checksum) values
     (9, '0009_pre_size_caps', '53a0c55c7d28b3e3ada879c0f2904b6a286606b3b6404cff02283e99ceae4e12'),
     (10, '0010_pre_pinned_search_path', '7d0fe17bcb1781434fc96e73bda560d7a9e08576a84c0638d1f0cff47205c4e1'),
     (11, '0011_pre_cheaper_triggers', '541ece59eaa1025ab83cd731043ba13f5f4c454bf32363dc6b52cdafa3f7c16c'),
-    (12, '0012_pre_tenants', 'e80995c86fe40836cc207bd9306cae70e50cacaa2ff7ecfab942aa0be2416aae'),
+    (12, '0012_pre_tenants', 'fdd761802c3dd7f483f088ac2723dc493d431d2455691b210b93191927d52d76'),
     (13, '0013_pre_batched_heartbeats', 'd1b0449fb7aa24611bdfc740ebd2223b7c41a701731c85f866adbcc500caf76a');

@@ -983,35 +983,10 @@ create or replace function sentinel.list_v1(
     set search_path = pg_catalog, pg_temp
     as $$
 #variable_conflict use_variable
-declare
-    v_now constant timestamptz := sentinel._now();
 begin
-    perform sentinel._check_namespace(list_v1.namespace);
-    perform sentinel._authorize(list_v1.namespace, array['app', 'probe', 'operator', 'purge'], 'read records');
-    if list_v1.state is not null
-       and list_v1.state not in ('claimed', 'executing', 'completed', 'failed', 'uncertain') then
-        raise exception 'sentinel: unknown state %; use claimed, executing, completed, failed or uncertain',
-            quote_literal(list_v1.state)
-            using errcode = 'SN006';
-    end if;
-    if list_v1.older_than_ms is not null
-       and (list_v1.older_than_ms < 0 or list_v1.older_than_ms > 3153600000000) then
-        raise exception 'sentinel: older_than_ms must be between 0 and 3153600000000 (100 years)'
-            using errcode = 'SN003';
-    end if;
-    if list_v1.max_rows is null or list_v1.max_rows < 1 or list_v1.max_rows > 10000 then
-        raise exception 'sentinel: max_rows must be between 1 and 10000' using errcode = 'SN006';
-    end if;
-    return query
-        select r.*
-          from sentinel.executions x,
-               lateral sentinel._execution(x, v_now) r
-         where x.namespace = list_v1.namespace
-           and (list_v1.state is null or r.state = list_v1.state)
-           and (list_v1.older_than_ms is null
-                or x.updated_at <= v_now - list_v1.older_than_ms * interval '1 millisecond')
-         order by x.updated_at, x.key
-         limit list_v1.max_rows;
+    -- list_v2 with the bodies: one body holds the checks and the query.
+    return query select * from sentinel.list_v2(list_v1.namespace, list_v1.state, list_v1.older_than_ms,
+                                                list_v1.max_rows, true);
 end
 $$;
 comment on function sentinel.list_v1(text, text, bigint, integer) is
