@@ -7,7 +7,7 @@
 \pset pager off
 
 begin;
-select plan(33);
+select plan(35);
 \ir _clock.psql
 
 -- Objects.
@@ -37,6 +37,7 @@ select is(sentinel.schema_version(), (select max(id) from sentinel.migrations),
 select results_eq(
     $$ select t.typname::text collate "default" from pg_type t
         where t.typnamespace = 'sentinel'::regnamespace and t.typtype = 'c'
+          and (select c.relkind from pg_class c where c.oid = t.typrelid) = 'c'
           and t.typname like '%\_v1' order by 1 $$,
     $$ values ('abandon_result_v1'), ('acquire_result_v1'), ('execution_v1'), ('finish_result_v1'),
               ('heartbeat_many_result_v1'), ('heartbeat_result_v1'), ('reconcile_result_v1'), ('stats_v1') $$,
@@ -68,8 +69,22 @@ select is_empty(
 select is_empty(
     $$ select p.oid::regprocedure::text || ': ' || c from pg_proc p, unnest(p.proconfig) c
         where p.pronamespace = 'sentinel'::regnamespace and p.prosecdef
-          and c not like 'search\_path=%' and c not like 'lock\_timeout=%' $$,
-    'and sets nothing but search_path and lock_timeout');
+          and c not like 'search\_path=%' and c not like 'lock\_timeout=%' and c <> 'sentinel.writer=protocol' $$,
+    'and sets nothing but search_path, lock_timeout and sentinel.writer');
+-- Every function that writes sentinel.executions marks its call for the guard (executions_writers), and no other.
+select results_eq(
+    $$ select p.proname::text collate "default" from pg_proc p
+        where p.pronamespace = 'sentinel'::regnamespace and 'sentinel.writer=protocol' = any(p.proconfig)
+        order by 1 $$,
+    $$ values ('abandon_v1'), ('abandon_v2'), ('acquire_v1'), ('acquire_v2'), ('begin_v1'), ('begin_v2'),
+              ('complete_v1'), ('complete_v2'), ('complete_v3'), ('fail_v1'), ('fail_v2'), ('fail_v3'),
+              ('heartbeat_many_v1'), ('heartbeat_v1'), ('heartbeat_v2'), ('reconcile_v1') $$,
+    'exactly the functions that write sentinel.executions set sentinel.writer');
+select results_eq(
+    $$ select c.relname::text collate "default" from pg_class c
+        where c.relnamespace = 'sentinel'::regnamespace and c.relkind = 'v' order by 1 $$,
+    $$ values ('decided_v1') $$,
+    'the one view: decided_v1');
 -- Every other function pins it too: the trigger functions run with the
 -- search_path of whoever writes sentinel.executions (a DBA by hand, say), and
 -- a helper may be called by the owner directly. No exception: the clock and

@@ -7,7 +7,7 @@
 \pset pager off
 
 begin;
-select plan(28);
+select plan(29);
 \ir _clock.psql
 
 -- heartbeat_v1 renews the lease to now + ttl_ms ...
@@ -125,13 +125,22 @@ select results_eq(
     $$ values (pg_temp.at(1500), pg_temp.at(1500)) $$,
     'begin_v1 renews the lease to min(now + ttl_ms, hard_expires_at)');
 
--- The CHECK constraint rejects a lease past the hard deadline even from the table owner.
+-- Only the functions write the table: a direct update, even by the table owner, is refused (SN017) ...
+select throws_ok(
+    $$ update sentinel.executions set lease_expires_at = lease_expires_at where namespace = 'lease' and key = 'h5' $$,
+    'SN017',
+    'sentinel: UPDATE of sentinel.executions outside the Sentinel functions refused: the event log would miss the change',
+    'a direct update of sentinel.executions is refused (SN017): it would change a record without its event');
+-- ... unless the DBA marks the transaction as a writer, and the CHECK constraint still rejects a lease past the
+-- hard deadline then.
+set local sentinel.writer = 'protocol';
 select throws_ok(
     $$ update sentinel.executions set lease_expires_at = hard_expires_at + interval '1 millisecond'
         where namespace = 'lease' and key = 'h5' $$,
     '23514',
     'new row for relation "executions" violates check constraint "executions_lease_within_hard_check"',
     'a direct update with lease_expires_at > hard_expires_at violates the CHECK constraint (23514)');
+reset sentinel.writer;
 
 -- inspect_v1: the effective state of an executing row whose lease lapsed is uncertain.
 call pg_temp.set_clock(50000);

@@ -126,6 +126,8 @@ select results_eq(
 
 -- purge_v1: only completed/failed rows finished at or before the cutoff, in batches, in its namespace.
 call pg_temp.set_clock(0);
+-- Rows in every state, written directly (the owner marks the transaction as a writer; no events needed here).
+set local sentinel.writer = 'protocol';
 insert into sentinel.executions (namespace, key, state, fence, owner, attempt, ttl_ms, claimed_at, started_at,
                                  lease_expires_at, hard_expires_at, finished_at, response, error, error_permanent, updated_at)
 select 'pur', k, s, nextval('sentinel.fence_seq'), 'w', 1, 1000, pg_temp.at(0), pg_temp.at(0),
@@ -134,6 +136,7 @@ select 'pur', k, s, nextval('sentinel.fence_seq'), 'w', 1, 1000, pg_temp.at(0), 
   from (values ('c1', 'completed', 0), ('c2', 'completed', 100), ('c3', 'completed', 200), ('f1', 'failed', 300),
                ('p1', 'failed', 400), ('c4', 'completed', 5000), ('u1', 'uncertain', 0), ('e1', 'executing', 0),
                ('cl', 'claimed', 0)) v(k, s, fin);
+reset sentinel.writer;
 -- pur-other/c1: completed at 0 in another namespace.
 select (sentinel.complete_v1('pur-other', 'c1', (sentinel.acquire_v1('pur-other', 'c1', 'w', 1000)).fence, '{}')).outcome as other_c1 \gset
 call pg_temp.set_clock(10000);

@@ -6,7 +6,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional
 
 import psycopg
 import pytest
@@ -91,3 +91,32 @@ def client(request: pytest.FixtureRequest, dsn: str, namespace: str) -> Iterator
     s = make(request.param, conninfo=dsn, namespace=namespace, default_ttl_ms=3000, fingerprints=False)
     yield s
     s.close()
+
+
+Login = Callable[..., str]
+
+
+@pytest.fixture
+def login(dsn: str) -> Iterator[Login]:
+    """login(namespace, *rights) creates a login role granted with grant_v2 (or none) and returns its DSN."""
+    made: List[str] = []
+
+    def make(namespace: Optional[str] = None, *rights: str, legacy: bool = False) -> str:
+        role = f"t_{uuid.uuid4().hex[:10]}"
+        password = uuid.uuid4().hex
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"create role {role} login password '{password}'")
+            if legacy:
+                admin.execute("select sentinel.grant_v1(%s)", (role,))
+            elif namespace is not None:
+                admin.execute("select sentinel.grant_v2(%s, %s, %s)", (role, namespace, list(rights) or ["app"]))
+        made.append(role)
+        return psycopg.conninfo.make_conninfo(dsn, user=role, password=password)
+
+    yield make
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for role in made:
+            admin.execute("delete from sentinel.rights where role = to_regrole(%s)", (role,))
+            admin.execute("delete from sentinel.watchers where role = to_regrole(%s)", (role,))
+            admin.execute(f"drop owned by {role}")
+            admin.execute(f"drop role {role}")

@@ -7,18 +7,23 @@ from typing import Any
 import psycopg
 
 
-def test_only_an_update_of_state_or_fence_can_fire_a_trigger(conn: psycopg.Connection[Any]) -> None:
-    """A heartbeat sets the lease alone: no UPDATE trigger may look at it (their conditions cost a renewal)."""
+def test_no_row_trigger_looks_at_a_renewal(conn: psycopg.Connection[Any]) -> None:
+    """A heartbeat sets the lease alone: no row trigger may look at it (their conditions cost a renewal).
+
+    The events are written by the functions; the one statement trigger is the
+    guard that refuses writers other than the functions.
+    """
     rows = conn.execute("""
-        select t.tgname, t.tgtype & 16 <> 0 as on_update,
+        select t.tgname, t.tgtype & 16 <> 0 as on_update, t.tgtype & 1 <> 0 as per_row,
                array(select a.attname::text from unnest(t.tgattr) n join pg_attribute a
                       on a.attrelid = t.tgrelid and a.attnum = n order by 1) as columns
           from pg_trigger t
          where t.tgrelid = 'sentinel.executions'::regclass and not t.tgisinternal
          order by 1""").fetchall()
-    updates = {name: cols for name, on_update, cols in rows if on_update}
-    assert updates == {"executions_clear_retention": ["fence"],
-                       "executions_log_transition": ["fence", "state"]}, rows
+    per_row = {name: cols for name, on_update, row_level, cols in rows if on_update and row_level}
+    per_statement = [name for name, _, row_level, _ in rows if not row_level]
+    assert per_row == {"executions_clear_retention": ["fence"]}, rows
+    assert per_statement == ["executions_writers"], rows
 
 
 def test_a_heartbeat_writes_no_event_and_a_transition_one(conn: psycopg.Connection[Any], namespace: str) -> None:

@@ -47,6 +47,37 @@ _ACQUIRE_SQL = (
     "select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at,"
     " hard_expires_at, now from sentinel.acquire_v2(%s, %s, %s, %s, %s, true, %s, %s)"
 )
+# The same answer in one statement that reads a decided key from sentinel.decided_v1 (a primary-key read)
+# and calls acquire_v2 only when there is none with this fingerprint: acquire_v2 decides everything else.
+# Its plan is worth having only when prepared: see acquire_statement().
+_ACQUIRE_DECIDED_SQL = (
+    "with d as materialized ("
+    "select v.outcome, v.fence, v.state, v.attempt, v.response, v.error, v.claimed_at, v.lease_expires_at,"
+    " v.hard_expires_at from sentinel.decided_v1 v"
+    " where v.namespace = %(ns)s and v.key = %(key)s and v.fingerprint is not distinct from %(fp)s)"
+    " select d.*, null::timestamptz from d"
+    " union all"
+    " select a.outcome, a.fence, a.state, a.attempt, a.response, a.error, a.claimed_at, a.lease_expires_at,"
+    " a.hard_expires_at, a.now"
+    " from sentinel.acquire_v2(%(ns)s, %(key)s, %(owner)s, %(ttl)s, %(hard)s, true, %(fp)s, %(token)s) a"
+    " where not exists (select from d)"
+)
+
+
+def acquire_statement(conn: Any, ns: str, key: str, owner: str, ttl: int, hard: int, fingerprint: Optional[str],
+                      token: str) -> Tuple[str, Any]:
+    """once()'s acquire: the query and its parameters for this connection.
+
+    A connection that prepares its statements (``prepare_threshold`` set)
+    reads a decided key through ``sentinel.decided_v1`` in the same
+    statement, so a replay costs a primary-key read; planning that statement
+    afresh on every call would cost more than it saves, so a connection that
+    does not prepare calls ``acquire_v2`` alone.
+    """
+    if getattr(conn, "prepare_threshold", None) is None:
+        return _ACQUIRE_SQL, (ns, key, owner, ttl, hard, fingerprint, token)
+    return _ACQUIRE_DECIDED_SQL, {"ns": ns, "key": key, "owner": owner, "ttl": ttl, "hard": hard,
+                                  "fp": fingerprint, "token": token}
 # The calls that change a claim present its token: (namespace, key, fence, token, ...).
 _COMPLETE_SQL = "select outcome, state from sentinel.complete_v3(%s, %s, %s, %s, %s::jsonb, %s)"
 _FAIL_SQL = "select outcome, state from sentinel.fail_v3(%s, %s, %s, %s, %s::jsonb, %s, %s)"

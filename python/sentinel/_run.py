@@ -30,7 +30,6 @@ from ._io_sync import (
 from ._ops import Operations
 from ._options import (
     _ABANDON_SQL,
-    _ACQUIRE_SQL,
     _COMPLETE_SQL,
     _FAIL_SQL,
     MAX_REASON_CHARS,
@@ -41,6 +40,7 @@ from ._options import (
     _log_extra,
     _naming,
     _not_started_document,
+    acquire_statement,
     logger,
 )
 from ._results import Result, _current
@@ -71,9 +71,10 @@ class Runner(Operations):
                     self._check_schema(conn)
                     retry.asking()
                     with _naming(ns, key), wrap_exceptions():
-                        row = protocol_row(conn, _ACQUIRE_SQL, (ns, key, self.owner, call.ttl, call.hard,
-                                                                      call.fingerprint, retry.token),
-                                                 explicit=self._explicit_rc, timeout=self.options.reply_s)
+                        query, params = acquire_statement(conn, ns, key, self.owner, call.ttl, call.hard,
+                                                          call.fingerprint, retry.token)
+                        row = protocol_row(conn, query, params, explicit=self._explicit_rc,
+                                                 timeout=self.options.reply_s)
                     retry.answered()
                     assert row is not None
                     outcome, fence, state, attempt, response, error, claimed_at, _lease_end, hard_at, db_now = row

@@ -162,6 +162,16 @@ class TooManyWatchers(SentinelError):
     sqlstate = "SN016"
 
 
+class DirectWriteRefused(SentinelError):
+    """An INSERT or UPDATE of ``sentinel.executions`` outside the functions (SQLSTATE SN017).
+
+    Only the Sentinel functions write the table, each change with its event;
+    nothing was written.
+    """
+
+    sqlstate = "SN017"
+
+
 # -- end of the generated part --
 
 

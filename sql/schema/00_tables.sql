@@ -139,10 +139,11 @@ create table sentinel.events (
 );
 
 comment on table sentinel.events is
-    'Append-only log: one row per transition of an execution record, written by a trigger in the same transaction. '
-    'from_state NULL means the key had no record. actor: the owner for protocol calls, the operator for reconciles. '
-    'Only purge_events_v1 deletes rows. db_user: the login role (session_user) of the call that caused the event; '
-    'db_role: the role it had set with SET ROLE, if any (NULL for events older than schema version 12).';
+    'Append-only log: one row per transition of an execution record, written in the same transaction by the function '
+    'that made it. from_state NULL means the key had no record. actor: the owner for protocol calls, the operator '
+    'for reconciles. Only purge_events_v1 deletes rows. db_user: the login role (session_user) of the call that '
+    'caused the event; db_role: the role it had set with SET ROLE, if any (NULL for events older than schema '
+    'version 12).';
 
 create index events_key_idx on sentinel.events (namespace, key, id);
 

@@ -49,6 +49,7 @@ create function sentinel.acquire_v1(
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     return sentinel._acquire(acquire_v1.namespace, acquire_v1.key, acquire_v1.owner, acquire_v1.ttl_ms,
@@ -85,6 +86,7 @@ create function sentinel._begin(p_ns text, p_key text, p_fence bigint, p_token t
     as $$
 declare
     v_now   constant timestamptz := sentinel._now();
+    e       sentinel.executions;
 begin
     if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
        or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
@@ -103,8 +105,13 @@ begin
        and x.fence = p_fence
        and (p_token is null or x.claim_token = p_token)
        and x.state = 'claimed'
-       and x.lease_expires_at > v_now;
-    return found;
+       and x.lease_expires_at > v_now
+    returning * into e;
+    if not found then
+        return false;
+    end if;
+    perform sentinel._log_change('claimed', p_fence, e, false);
+    return true;
 end
 $$;
 comment on function sentinel._begin(text, text, bigint, text) is
@@ -116,6 +123,7 @@ create function sentinel.begin_v1(namespace text, key text, fence bigint)
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     return sentinel._begin(begin_v1.namespace, begin_v1.key, begin_v1.fence, null);
@@ -133,6 +141,7 @@ create function sentinel.begin_v2(namespace text, key text, fence bigint, token 
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     perform sentinel._check_token(begin_v2.token);
@@ -157,6 +166,9 @@ declare
     v_lease  timestamptz;
     v_outcome text;
     v_exists boolean;
+    v_from   text;
+    v_prev   bigint;
+    v_fence  bigint;
     e        sentinel.executions;
 begin
     -- Cheap checks inline; the helpers raise the documented error when one fails.
@@ -183,7 +195,13 @@ begin
         raise exception 'sentinel: token must be NULL or 16 to 200 characters (a random value per call)'
             using errcode = 'SN004';
     end if;
-    perform sentinel._authorize(p_ns, array['app'], 'claim keys');
+    -- The caller's own right (one primary-key probe) settles the usual case; _authorize the others.
+    if not exists (select 1 from sentinel.rights r
+                    where r.role = pg_catalog.quote_ident(coalesce(nullif(pg_catalog.current_setting('role'), 'none'),
+                                                                   session_user::text))::regrole
+                      and r.namespace in (p_ns, '*') and r.kind = 'app') then
+        perform sentinel._authorize(p_ns, array['app'], 'claim keys');
+    end if;
 
     -- 1. A plain read. Replays and live executions are answered from it, so a
     --    replay takes no lock and writes nothing.
@@ -216,9 +234,15 @@ begin
                 v_now, case when p_start then v_now end, v_lease,
                 v_now + p_hard * interval '1 millisecond', v_now, p_token)
             on conflict on constraint executions_pkey do nothing
-            returning * into e;
+            returning x.fence into v_fence;
             if found then
-                return sentinel._acquire_result('acquired', e, v_now);
+                -- The event of a new record (the columns _log_change writes).
+                insert into sentinel.events (namespace, key, fence, from_state, to_state, owner, actor, reason, at,
+                                             details)
+                values (p_ns, p_key, v_fence, null, case when p_start then 'executing' else 'claimed' end, p_owner,
+                        p_owner, null, v_now, '{"attempt": 1}');
+                return row('acquired', v_fence, case when p_start then 'executing' else 'claimed' end, 1, null, null,
+                           v_now, v_lease, v_now + p_hard * interval '1 millisecond', p_owner, v_now)::sentinel.acquire_result_v1;
             end if;
         end if;
 
@@ -235,6 +259,8 @@ begin
         return sentinel._acquire_result(v_outcome, e, v_now);
     end if;
 
+    v_from := e.state;
+    v_prev := e.fence;
     if e.state = 'executing' then
         -- The function started and its lease lapsed: the outcome is unknown.
         -- Never run it again on our own; the late owner may still complete.
@@ -244,6 +270,7 @@ begin
                updated_at = v_now
          where x.namespace = p_ns and x.key = p_key
         returning * into e;
+        perform sentinel._log_change(v_from, v_prev, e, false);
         return sentinel._acquire_result('uncertain', e, v_now);
     end if;
 
@@ -272,6 +299,7 @@ begin
            updated_at = v_now
      where x.namespace = p_ns and x.key = p_key
     returning * into e;
+    perform sentinel._log_change(v_from, v_prev, e, false);
     return sentinel._acquire_result('acquired', e, v_now);
 end
 $$;
@@ -293,6 +321,7 @@ create function sentinel.acquire_v2(
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     return sentinel._acquire(acquire_v2.namespace, acquire_v2.key, acquire_v2.owner, acquire_v2.ttl_ms,
@@ -306,3 +335,29 @@ comment on function sentinel.acquire_v2(text, text, text, bigint, bigint, boolea
     'claim that begin_v2, heartbeat_v2, complete_v3, fail_v3 and abandon_v2 require. Outcomes and SQLSTATEs as '
     'acquire_v1 (SN004 also for a token out of range). Waits at most 5 s for a row lock (55P03).';
 revoke all on function sentinel.acquire_v2(text, text, text, bigint, bigint, boolean, text, text) from public;
+
+-- The decided keys, read without a function call: what acquire_v2 would
+-- answer for them (completed, or failed with a permanent error), each row
+-- visible only to a role holding the app right on its namespace itself
+-- (directly or on '*'; a role whose right is inherited sees none and asks
+-- acquire_v2). A replay that reads it in the statement that would otherwise
+-- call acquire_v2 costs a primary-key read (docs/protocol.md).
+create view sentinel.decided_v1 with (security_barrier) as
+select x.namespace, x.key, x.fingerprint,
+       case when x.state = 'completed' then 'completed' else 'failed' end as outcome,
+       x.fence, x.state, x.attempt, x.response, x.error, x.claimed_at, x.lease_expires_at, x.hard_expires_at,
+       x.owner
+  from sentinel.executions x
+ where (x.state = 'completed' or (x.state = 'failed' and x.error_permanent))
+   and exists (select 1 from sentinel.rights r
+                where r.role = pg_catalog.quote_ident(coalesce(nullif(pg_catalog.current_setting('role'), 'none'),
+                                                               session_user::text))::regrole
+                  and r.namespace in (x.namespace, '*') and r.kind = 'app');
+
+comment on view sentinel.decided_v1 is
+    'Decided keys: one row per record whose outcome is fixed, as acquire_v2 would replay it (outcome completed with '
+    'the response, or failed with a permanent error), visible to a role that holds the app right on the namespace '
+    'itself. Select by namespace and key (the primary key) and compare fingerprint: when the row is absent or its '
+    'fingerprint differs from yours, call acquire_v2, which decides (mismatch, a claim, alive, uncertain).';
+
+grant select on sentinel.decided_v1 to public;

@@ -29,7 +29,13 @@ begin
     if p_fence is null or p_fence <= 0 then
         perform sentinel._check_fence(p_fence);
     end if;
-    perform sentinel._authorize(p_ns, array['app'], 'run the protocol');
+    -- The caller's own right (one primary-key probe) settles the usual case; _authorize the others.
+    if not exists (select 1 from sentinel.rights r
+                    where r.role = pg_catalog.quote_ident(coalesce(nullif(pg_catalog.current_setting('role'), 'none'),
+                                                                   session_user::text))::regrole
+                      and r.namespace in (p_ns, '*') and r.kind = 'app') then
+        perform sentinel._authorize(p_ns, array['app'], 'run the protocol');
+    end if;
     update sentinel.executions x
        set lease_expires_at = least(v_now + x.ttl_ms * interval '1 millisecond', x.hard_expires_at),
            updated_at = v_now
@@ -58,6 +64,7 @@ begin
                updated_at = v_now
          where x.namespace = p_ns and x.key = p_key
         returning * into e;
+        perform sentinel._log_change('executing', p_fence, e, false);
     end if;
     return row(false, e.state, e.lease_expires_at, e.hard_expires_at, v_now)::sentinel.heartbeat_result_v1;
 end
@@ -71,6 +78,7 @@ create function sentinel.heartbeat_v1(namespace text, key text, fence bigint)
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '100ms'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     return sentinel._heartbeat(heartbeat_v1.namespace, heartbeat_v1.key, heartbeat_v1.fence, null);
@@ -89,6 +97,7 @@ create function sentinel.heartbeat_v2(namespace text, key text, fence bigint, to
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '100ms'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     perform sentinel._check_token(heartbeat_v2.token);
@@ -125,6 +134,7 @@ create function sentinel.heartbeat_many_v1(namespace text, keys text[], fences b
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '100ms'
+    set sentinel.writer = 'protocol'
     as $$
 declare
     v_now  constant timestamptz := sentinel._now();
@@ -178,7 +188,7 @@ begin
     ),
     renewed as (
         -- heartbeat_v2's renewal of each held row under the caller's fence and token whose lease lives:
-        -- now + ttl_ms, never past the hard deadline. It sets neither state nor fence: no trigger fires.
+        -- now + ttl_ms, never past the hard deadline. It sets neither state nor fence: no event.
         update sentinel.executions x
            set lease_expires_at = least(v_now + x.ttl_ms * interval '1 millisecond', x.hard_expires_at),
                updated_at = v_now
@@ -192,7 +202,7 @@ begin
     ),
     lapsed as (
         -- An execution of the caller's whose lease lapsed: uncertain, as heartbeat_v2 marks it (a row
-        -- qualifies for one of the two updates at most: its lease lives or it does not).
+        -- qualifies for one of the two updates at most: its lease lives or it does not), with its event.
         update sentinel.executions x
            set state = 'uncertain',
                uncertain_reason = case when v_now >= x.hard_expires_at
@@ -204,7 +214,8 @@ begin
            and x.fence = h.f and x.claim_token = h.t
            and x.state = 'executing'
            and x.lease_expires_at <= v_now
-        returning h.i, h.k, h.f, x.state, x.lease_expires_at, x.hard_expires_at
+        returning h.i, h.k, h.f, x.state, x.lease_expires_at, x.hard_expires_at,
+                  sentinel._log_change('executing', h.f, x, false) as logged
     ),
     answers as (
         -- Per key the first of: what an update did, the held row as it is, nothing (decided below).

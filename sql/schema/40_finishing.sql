@@ -24,8 +24,12 @@ create function sentinel._finish(
     set search_path = pg_catalog, pg_temp
     as $$
 declare
-    v_now constant timestamptz := sentinel._now();
-    e     sentinel.executions;
+    v_now  constant timestamptz := sentinel._now();
+    v_perm constant boolean := coalesce(p_permanent, false);
+    v_from text;
+    v_owner text;
+    v_attempt integer;
+    e      sentinel.executions;
 begin
     if p_ns is null or p_key is null or p_key = '' or octet_length(p_key) > 1024
        or p_ns !~ '^[a-z0-9][a-z0-9_.-]{0,62}$' then
@@ -34,7 +38,13 @@ begin
     if p_fence is null or p_fence <= 0 then
         perform sentinel._check_fence(p_fence);
     end if;
-    perform sentinel._authorize(p_ns, array['app'], 'run the protocol');
+    -- The caller's own right (one primary-key probe) settles the usual case; _authorize the others.
+    if not exists (select 1 from sentinel.rights r
+                    where r.role = pg_catalog.quote_ident(coalesce(nullif(pg_catalog.current_setting('role'), 'none'),
+                                                                   session_user::text))::regrole
+                      and r.namespace in (p_ns, '*') and r.kind = 'app') then
+        perform sentinel._authorize(p_ns, array['app'], 'run the protocol');
+    end if;
     -- Documents over the cap are refused before anything is written (a cheap
     -- size test first: the limits are read only for documents over 1 KiB).
     if p_response is not null and pg_column_size(p_response) > 1024 then
@@ -43,29 +53,56 @@ begin
     if p_error is not null and pg_column_size(p_error) > 1024 then
         perform sentinel._check_size('error', p_error, 'max_error_bytes');
     end if;
+    -- The usual case: the execution reports while its lease holds (a
+    -- completion also after it lapsed, while nobody marked it).
     update sentinel.executions x
        set state = p_state,
            response = p_response,
            error = p_error,
-           error_permanent = coalesce(p_permanent, false),
+           error_permanent = v_perm,
            finished_at = v_now,
            updated_at = v_now
      where x.namespace = p_ns and x.key = p_key
        and x.fence = p_fence
        and (p_token is null or x.claim_token = p_token)
-       and case p_state
-               when 'completed' then x.state in ('executing', 'uncertain')
-               -- A failure is the truth only while the lease holds, or when nothing ever ran.
-               else x.state = 'claimed' or (x.state = 'executing' and x.lease_expires_at > v_now)
-           end
-    returning * into e;
+       and x.state = 'executing'
+       and (p_state = 'completed' or x.lease_expires_at > v_now)
+    returning x.owner, x.attempt into v_owner, v_attempt;
     if found then
-        return row('recorded', e.state, e.fence, v_now)::sentinel.finish_result_v1;
+        -- Its event (the columns _log_change writes) and the key's watchers.
+        insert into sentinel.events (namespace, key, fence, from_state, to_state, owner, actor, reason, at, details)
+        values (p_ns, p_key, p_fence, 'executing', p_state, v_owner, v_owner, null, v_now,
+                case when p_state = 'failed' and v_perm
+                     then jsonb_build_object('attempt', v_attempt, 'permanent', true)
+                     else jsonb_build_object('attempt', v_attempt) end);
+        if exists (select 1 from sentinel.watchers w where w.namespace = p_ns and w.key = p_key) then
+            perform sentinel._notify_watchers(p_ns, p_key);
+        end if;
+        return row('recorded', p_state, p_fence, v_now)::sentinel.finish_result_v1;
     end if;
 
     select * into e from sentinel.executions x
      where x.namespace = p_ns and x.key = p_key
        for update;
+    if found and e.fence = p_fence and (p_token is null or e.claim_token = p_token)
+       and (case p_state
+                when 'completed' then e.state in ('executing', 'uncertain')
+                -- A failure is the truth only while the lease holds, or when nothing ever ran.
+                else e.state = 'claimed' or (e.state = 'executing' and e.lease_expires_at > v_now)
+            end) then
+        v_from := e.state;
+        update sentinel.executions x
+           set state = p_state,
+               response = p_response,
+               error = p_error,
+               error_permanent = v_perm,
+               finished_at = v_now,
+               updated_at = v_now
+         where x.namespace = p_ns and x.key = p_key
+        returning * into e;
+        perform sentinel._log_change(v_from, p_fence, e, false);
+        return row('recorded', e.state, e.fence, v_now)::sentinel.finish_result_v1;
+    end if;
     if found and e.fence = p_fence and p_token is not null and e.claim_token is distinct from p_token then
         -- The fence is public; the token proves the claim. Not yours: nothing changes.
         return row('stale', e.state, e.fence, v_now)::sentinel.finish_result_v1;
@@ -74,7 +111,7 @@ begin
         -- A retry of a recording that already committed; with a token, what is
         -- stored is compared with what is reported.
         if p_token is not null and (e.response is distinct from p_response or e.error is distinct from p_error
-                                    or e.error_permanent is distinct from coalesce(p_permanent, false)) then
+                                    or e.error_permanent is distinct from v_perm) then
             return row('conflict', e.state, e.fence, v_now)::sentinel.finish_result_v1;
         end if;
         return row('already_recorded', e.state, e.fence, v_now)::sentinel.finish_result_v1;
@@ -92,6 +129,7 @@ begin
             -- A retry of a late failure that already committed.
             return row('uncertain', e.state, e.fence, v_now)::sentinel.finish_result_v1;
         end if;
+        v_from := e.state;
         update sentinel.executions x
            set state = 'uncertain',
                uncertain_reason = coalesce(x.uncertain_reason, sentinel._lapse_reason(x)),
@@ -100,6 +138,10 @@ begin
                updated_at = v_now
          where x.namespace = p_ns and x.key = p_key
         returning * into e;
+        if v_from <> 'uncertain' then
+            -- executing, lease lapsed: the key goes uncertain now.
+            perform sentinel._log_change(v_from, p_fence, e, false);
+        end if;
         insert into sentinel.events (namespace, key, fence, from_state, to_state, owner, actor, reason, at, details)
         values (e.namespace, e.key, e.fence, 'uncertain', 'uncertain', e.owner, e.owner,
                 'late failure: the function raised after its lease was lost; the key stays uncertain',
@@ -121,6 +163,7 @@ create function sentinel.complete_v1(namespace text, key text, fence bigint, res
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     if complete_v1.response is null then
@@ -143,6 +186,7 @@ create function sentinel.fail_v1(namespace text, key text, fence bigint, error j
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     if fail_v1.error is null then
@@ -209,7 +253,7 @@ begin
            set lease_expires_at = least(v_now, x.lease_expires_at), updated_at = v_now
          where x.namespace = p_ns and x.key = p_key
         returning * into e;
-        -- The claim changed only its lease (no event): wake the key's waiters here.
+        -- The claim changed only its lease (no event): wake the key's waiters.
         perform sentinel._notify_watchers(p_ns, p_key);
         return row('released', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
     end if;
@@ -217,6 +261,7 @@ begin
        set state = 'uncertain', uncertain_reason = p_reason, updated_at = v_now
      where x.namespace = p_ns and x.key = p_key
     returning * into e;
+    perform sentinel._log_change('executing', p_fence, e, false);
     return row('uncertain', e.state, e.fence, v_now)::sentinel.abandon_result_v1;
 end
 $$;
@@ -229,6 +274,7 @@ create function sentinel.abandon_v1(namespace text, key text, fence bigint, reas
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     return sentinel._abandon(abandon_v1.namespace, abandon_v1.key, abandon_v1.fence, null, abandon_v1.reason);
@@ -247,6 +293,7 @@ create function sentinel.abandon_v2(namespace text, key text, fence bigint, toke
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     perform sentinel._check_token(abandon_v2.token);
@@ -321,6 +368,7 @@ create function sentinel.complete_v2(namespace text, key text, fence bigint, res
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     return sentinel._record(complete_v2.namespace, complete_v2.key, complete_v2.fence, null, 'completed',
@@ -340,6 +388,7 @@ create function sentinel.fail_v2(namespace text, key text, fence bigint, error j
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     return sentinel._record(fail_v2.namespace, fail_v2.key, fail_v2.fence, null, 'failed',
@@ -358,6 +407,7 @@ create function sentinel.complete_v3(namespace text, key text, fence bigint, tok
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     perform sentinel._check_token(complete_v3.token);
@@ -379,6 +429,7 @@ create function sentinel.fail_v3(namespace text, key text, fence bigint, token t
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 begin
     perform sentinel._check_token(fail_v3.token);

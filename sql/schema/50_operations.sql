@@ -69,6 +69,7 @@ create function sentinel.reconcile_v1(
     security definer
     set search_path = pg_catalog, pg_temp
     set lock_timeout = '5s'
+    set sentinel.writer = 'protocol'
     as $$
 #variable_conflict use_variable
 declare
@@ -80,6 +81,7 @@ declare
     v_stuck  boolean;
     e        sentinel.executions;
     v_old    bigint;
+    v_from   text;
     v_operator boolean;
 begin
     perform sentinel._check_key(p_ns, p_key);
@@ -125,6 +127,7 @@ begin
     end if;
 
     v_old := e.fence;
+    v_from := e.state;
     update sentinel.executions x
        set state = case when p_action = 'completed' then 'completed' else 'failed' end,
            fence = nextval('sentinel.fence_seq'),
@@ -146,6 +149,7 @@ begin
            updated_at = v_now
      where x.namespace = p_ns and x.key = p_key
     returning * into e;
+    perform sentinel._log_change(v_from, v_old, e, true);
     return row(v_prev, e.state, v_old, e.fence, v_now)::sentinel.reconcile_result_v1;
 end
 $$;

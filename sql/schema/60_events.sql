@@ -1,58 +1,69 @@
 -- Sentinel schema, current state: the event log.
--- One row per transition, written in the same transaction by triggers on
--- sentinel.executions; append-only; read with events_v1.
+-- One row per transition, written in the same transaction by the functions
+-- that change sentinel.executions; append-only; read with events_v1.
 
-create function sentinel._log_transition() returns trigger
+-- Events are written by the protocol functions themselves, in the statement
+-- after each change of state or fence: the hot transitions (a new record, a
+-- recording) with one INSERT each, the rare ones through _log_change. Only the
+-- functions write sentinel.executions; a guard refuses any other INSERT or
+-- UPDATE, which would change a record without its event.
+create function sentinel._log_change(p_from text, p_prev_fence bigint, e sentinel.executions, p_reconciled boolean)
+    returns boolean
+    language plpgsql volatile
+    set search_path = pg_catalog, pg_temp
+    as $$
+begin
+    insert into sentinel.events (namespace, key, fence, from_state, to_state, owner, actor, reason, at, details)
+    values (
+        e.namespace, e.key, e.fence, p_from, e.state, e.owner,
+        case when p_reconciled then e.reconciled_by else e.owner end,
+        case
+            when p_reconciled then e.reconcile_reason
+            when e.state = 'uncertain' then e.uncertain_reason
+        end,
+        e.updated_at,
+        jsonb_strip_nulls(jsonb_build_object(
+            'attempt', e.attempt,
+            'previous_fence', case when p_prev_fence <> e.fence then p_prev_fence end,
+            'reconciled', case when p_reconciled then true end,
+            'permanent', case when e.state = 'failed' and e.error_permanent then true end))
+    );
+    if e.state in ('completed', 'failed', 'uncertain') then
+        perform sentinel._notify_watchers(e.namespace, e.key);
+    end if;
+    return true;
+end
+$$;
+comment on function sentinel._log_change(text, bigint, sentinel.executions, boolean) is
+    'Writes the event of a change of an execution record (the row as it is now, e) from state p_from and fence '
+    'p_prev_fence, and wakes the key''s watchers when it finished or went uncertain. p_reconciled: the change is an '
+    'operator''s reconcile (actor and reason are the reconciler''s). Called by the protocol functions after each '
+    'such change (the hot transitions write their event inline, with the same columns).';
+revoke all on function sentinel._log_change(text, bigint, sentinel.executions, boolean) from public;
+
+create function sentinel._refuse_direct_write() returns trigger
     language plpgsql
     set search_path = pg_catalog, pg_temp
     as $$
-declare
-    v_reconciled boolean;
 begin
-    if tg_op = 'INSERT' then
-        -- A new record: claimed or executing, attempt 1, nothing to compare.
-        insert into sentinel.events (namespace, key, fence, from_state, to_state, owner, actor, reason, at, details)
-        values (new.namespace, new.key, new.fence, null, new.state, new.owner, new.owner, null, new.updated_at,
-                jsonb_build_object('attempt', new.attempt));
-        return null;
-    end if;
-    v_reconciled := new.reconciled_at is distinct from old.reconciled_at and new.reconciled_at is not null;
-    insert into sentinel.events (namespace, key, fence, from_state, to_state, owner, actor, reason, at, details)
-    values (
-        new.namespace, new.key, new.fence, old.state, new.state, new.owner,
-        case when v_reconciled then new.reconciled_by else new.owner end,
-        case
-            when v_reconciled then new.reconcile_reason
-            when new.state = 'uncertain' then new.uncertain_reason
-        end,
-        new.updated_at,
-        jsonb_strip_nulls(jsonb_build_object(
-            'attempt', new.attempt,
-            'previous_fence', case when old.fence <> new.fence then old.fence end,
-            'reconciled', case when v_reconciled then true end,
-            'permanent', case when new.state = 'failed' and new.error_permanent then true end))
-    );
-    if new.state in ('completed', 'failed', 'uncertain') then
-        perform sentinel._notify_watchers(new.namespace, new.key);
-    end if;
-    return null;
+    raise exception 'sentinel: % of sentinel.executions outside the Sentinel functions refused: the event log would '
+                    'miss the change', tg_op
+        using errcode = 'SN017',
+              hint = 'change records with the functions (reconcile_v1 resolves a key, purge_v1 deletes); to write '
+                     'the table by hand anyway, SET LOCAL sentinel.writer = ''protocol'' in the transaction and '
+                     'insert the matching sentinel.events rows yourself';
 end
 $$;
-comment on function sentinel._log_transition() is
-    'Trigger function: writes one sentinel.events row for a new execution record or a change of its state or fence. '
-    'It runs as the writer of sentinel.executions, which is always the schema owner (through the protocol functions, '
-    'whose search_path is pinned).';
-revoke all on function sentinel._log_transition() from public;
+comment on function sentinel._refuse_direct_write() is
+    'Trigger function: refuses an INSERT or UPDATE of sentinel.executions unless sentinel.writer is ''protocol'', '
+    'as the writing functions set it for the length of their call.';
+revoke all on function sentinel._refuse_direct_write() from public;
 
-create trigger executions_log_insert
-    after insert on sentinel.executions
-    for each row execute function sentinel._log_transition();
-
-create trigger executions_log_transition
-    after update of state, fence on sentinel.executions
-    for each row
-    when (old.state is distinct from new.state or old.fence is distinct from new.fence)
-    execute function sentinel._log_transition();
+create trigger executions_writers
+    before insert or update on sentinel.executions
+    for each statement
+    when (pg_catalog.current_setting('sentinel.writer', true) is distinct from 'protocol')
+    execute function sentinel._refuse_direct_write();
 
 create function sentinel._events_append_only() returns trigger
     language plpgsql

@@ -5,7 +5,7 @@
 create function sentinel.schema_version() returns integer
     language sql immutable
     set search_path = pg_catalog, pg_temp
-    as $$ select 13 $$;
+    as $$ select 14 $$;
 comment on function sentinel.schema_version() is
     'The version of the Sentinel schema: the number of the newest migration that changed it.';
 
