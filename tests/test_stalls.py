@@ -290,3 +290,25 @@ def test_an_outage_logs_one_line_per_kind_of_trouble_not_one_per_retry(
     for message in (r.getMessage() for r in caplog.records):
         assert "\n" not in message, message
         assert not message.startswith("sentinel:"), message  # the logger's name already says it
+
+
+def test_the_watchdog_thread_is_not_woken_for_every_statement(conn: psycopg.Connection[Any]) -> None:
+    """Sequential statements under one bound wake the watchdog's thread at most once (a wake-up per
+    statement cost each call a switch of threads)."""
+    from sentinel._watchdog import Watchdog
+
+    dog = Watchdog()
+    woken: List[int] = []
+    notify = dog._cond.notify
+
+    def counted(n: int = 1) -> None:
+        woken.append(n)
+        notify(n)
+
+    dog._cond.notify = counted  # type: ignore[method-assign]
+    fd = conn.pgconn.socket
+    for _ in range(200):
+        armed = dog.arm(fd, 30.0)
+        conn.execute("select 1")
+        assert dog.disarm(armed) is False
+    assert len(woken) <= 1, len(woken)

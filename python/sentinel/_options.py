@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import random
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Type
 
 from ._logs import held_back, one_line
@@ -49,23 +50,23 @@ _ACQUIRE_SQL = (
 )
 # The same answer in one statement that reads a decided key from sentinel.decided_v1 (a primary-key read)
 # and calls acquire_v2 only when there is none with this fingerprint: acquire_v2 decides everything else.
-# Its plan is worth having only when prepared: see acquire_statement().
+# A decided answer needs no timestamps (they are NULL). Its parameters: (ns, key, fp, ns, key, owner, ttl,
+# hard, fp, token). Its plan is worth having only when prepared: see acquire_statement().
 _ACQUIRE_DECIDED_SQL = (
     "with d as materialized ("
-    "select v.outcome, v.fence, v.state, v.attempt, v.response, v.error, v.claimed_at, v.lease_expires_at,"
-    " v.hard_expires_at from sentinel.decided_v1 v"
-    " where v.namespace = %(ns)s and v.key = %(key)s and v.fingerprint is not distinct from %(fp)s)"
-    " select d.*, null::timestamptz from d"
+    "select v.outcome, v.fence, v.state, v.attempt, v.response, v.error from sentinel.decided_v1 v"
+    " where v.namespace = %s and v.key = %s and v.fingerprint is not distinct from %s)"
+    " select d.*, null::timestamptz, null::timestamptz, null::timestamptz, null::timestamptz from d"
     " union all"
     " select a.outcome, a.fence, a.state, a.attempt, a.response, a.error, a.claimed_at, a.lease_expires_at,"
     " a.hard_expires_at, a.now"
-    " from sentinel.acquire_v2(%(ns)s, %(key)s, %(owner)s, %(ttl)s, %(hard)s, true, %(fp)s, %(token)s) a"
+    " from sentinel.acquire_v2(%s, %s, %s, %s, %s, true, %s, %s) a"
     " where not exists (select from d)"
 )
 
 
 def acquire_statement(conn: Any, ns: str, key: str, owner: str, ttl: int, hard: int, fingerprint: Optional[str],
-                      token: str) -> Tuple[str, Any]:
+                      token: str) -> Tuple[str, Tuple[Any, ...]]:
     """once()'s acquire: the query and its parameters for this connection.
 
     A connection that prepares its statements (``prepare_threshold`` set)
@@ -76,8 +77,9 @@ def acquire_statement(conn: Any, ns: str, key: str, owner: str, ttl: int, hard: 
     """
     if getattr(conn, "prepare_threshold", None) is None:
         return _ACQUIRE_SQL, (ns, key, owner, ttl, hard, fingerprint, token)
-    return _ACQUIRE_DECIDED_SQL, {"ns": ns, "key": key, "owner": owner, "ttl": ttl, "hard": hard,
-                                  "fp": fingerprint, "token": token}
+    return _ACQUIRE_DECIDED_SQL, (ns, key, fingerprint, ns, key, owner, ttl, hard, fingerprint, token)
+
+
 # The calls that change a claim present its token: (namespace, key, fence, token, ...).
 _COMPLETE_SQL = "select outcome, state from sentinel.complete_v3(%s, %s, %s, %s, %s::jsonb, %s)"
 _FAIL_SQL = "select outcome, state from sentinel.fail_v3(%s, %s, %s, %s, %s::jsonb, %s, %s)"
@@ -100,8 +102,12 @@ class _Call:
     permanent: Tuple[Type[BaseException], ...]
     #: the call gave neither ttl_ms nor hard_ttl_ms: it runs under the client's defaults
     defaulted: bool = False
-    #: drawn per call: sent with acquire_v2, it is the proof of the claim every later call presents
-    token: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+
+    @functools.cached_property
+    def token(self) -> str:
+        """Drawn per call when first asked (a cached replay never is): sent with acquire_v2, it is the proof of
+        the claim every later call presents."""
+        return secrets.token_hex(16)
 
 
 class _AcquireRetry:

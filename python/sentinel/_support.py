@@ -84,12 +84,22 @@ def auto_fingerprint(args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[st
     compare it with a fingerprint of the older scheme ``v1`` (which also
     hashed the function's name).
     """
+    if not args and not kwargs:
+        return _NO_ARGUMENTS  # the common once(key, fn): the same hash every time
     try:
         payload = json.dumps([list(args), kwargs], sort_keys=True, separators=(",", ":"), allow_nan=False,
                              ensure_ascii=True, default=encode_default)
     except (TypeError, ValueError):
         return None
+    return _hashed(payload)
+
+
+def _hashed(payload: str) -> str:
     return "v2:" + hashlib.sha256(payload.encode()).hexdigest()[:40]
+
+
+#: the fingerprint of a call without arguments (what auto_fingerprint((), {}) would hash)
+_NO_ARGUMENTS = _hashed(json.dumps([[], {}], separators=(",", ":")))
 
 
 # -- local cache ------------------------------------------------------------------

@@ -13,7 +13,10 @@ the bound). A connection the watchdog touched is never used again.
 
 The cost on the hot path is two short lock holds and a dict insert and delete
 per statement: statements of one bound end in about the order they began, so
-the oldest in flight is always first in its dict.
+the oldest in flight is always first in its dict. The thread sleeps until the
+oldest deadline in flight, or a bound's length when none is, and is woken only
+for a statement whose deadline comes before that, never once per statement: a
+wake-up costs the caller a switch of threads.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ class Watchdog:
         self._flights: Dict[float, Dict[int, _Armed]] = {}
         self._ids = itertools.count(1)
         self._thread: Optional[threading.Thread] = None
+        #: when the thread looks next (monotonic)
+        self._wake_at = float("inf")
+        #: how long the thread sleeps with nothing in flight: the latest bound
+        self._idle_s = 1.0
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's statements and thread are not here."""
@@ -67,12 +74,13 @@ class Watchdog:
             flights = self._flights.get(seconds)
             if flights is None:
                 flights = self._flights[seconds] = {}
-            first = not flights
             flights[armed.id] = armed
+            self._idle_s = seconds
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sentinel-watchdog", daemon=True)
                 self._thread.start()
-            elif first:
+            elif armed.deadline < self._wake_at:
+                self._wake_at = armed.deadline  # the thread looks again by then
                 self._cond.notify()
         return armed
 
@@ -105,7 +113,10 @@ class Watchdog:
             with self._cond:
                 due, wake = self._overdue()
                 if not due:
-                    self._cond.wait(None if wake is None else max(0.0, wake - time.monotonic()))
+                    if wake is None:  # nothing in flight: look again after a bound's length
+                        wake = time.monotonic() + self._idle_s
+                    self._wake_at = wake
+                    self._cond.wait(max(0.0, wake - time.monotonic()))
                     continue
                 for armed in due:  # still under the lock: the statement cannot end and free its fd meanwhile
                     _shut(armed.fd)
