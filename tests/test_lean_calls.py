@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Tuple
+from typing import Any, Callable, Tuple
 
 import psycopg
 import pytest
 
 import sentinel
-from conftest import Login
 from sentinel._options import _ACQUIRE_DECIDED_SQL, acquire_statement
 
+#: the ``login`` fixture (conftest.py): login(namespace, *rights) -> a DSN of a new role
+Login = Callable[..., str]
 TOKEN = "t" * 24
 
 

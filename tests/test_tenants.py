@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from chaos.cluster import PGBOUNCER_INSTALL, free_port, wait_connectable  # noqa: E402
 
-from conftest import Login  # noqa: E402
+#: the ``login`` fixture (conftest.py): login(namespace, *rights) -> a DSN of a new role
+Login = Callable[..., str]
 
 
 def _user(role_dsn: str) -> str:

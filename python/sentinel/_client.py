@@ -78,8 +78,10 @@ class Sentinel(Waiter):
     - ``conninfo``: a libpq connection string; Sentinel keeps a private pool
       of up to ``pool_size`` connections, which use no server-side prepared
       statements (so they work behind a transaction-pooling PgBouncer) unless
-      ``prepared_statements=True``; one the server closed while idle is
-      dropped instead of failing a call.
+      ``prepared_statements=True`` (for a direct connection, or PgBouncer
+      1.21+ with ``max_prepared_statements``: replays then read
+      ``sentinel.decided_v1`` and skip the function call); one the server
+      closed while idle is dropped instead of failing a call.
     - ``pool``: your ``psycopg_pool.ConnectionPool``. A call gives its
       connection back while the function runs; the heartbeat and the LISTEN
       waiter use connections of their own built from the pool's settings.

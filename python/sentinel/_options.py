@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import random
@@ -103,11 +102,15 @@ class _Call:
     #: the call gave neither ttl_ms nor hard_ttl_ms: it runs under the client's defaults
     defaulted: bool = False
 
-    @functools.cached_property
+    @property
     def token(self) -> str:
         """Drawn per call when first asked (a cached replay never is): sent with acquire_v2, it is the proof of
-        the claim every later call presents."""
-        return secrets.token_hex(16)
+        the claim every later call presents. Only the calling thread draws it (``_AcquireRetry`` asks first)."""
+        token: Optional[str] = self.__dict__.get("_token")
+        if token is None:
+            token = secrets.token_hex(16)
+            object.__setattr__(self, "_token", token)
+        return token
 
 
 class _AcquireRetry:
