@@ -15,7 +15,7 @@ help:
 	@echo "make chaos-ha    failovers (~2 min): a primary SIGKILLed under load, its standby promoted; sync and async"
 	@echo "make chaos-ha-pgaf  failovers decided by a pg_auto_failover monitor (~1 min; apt-get install -y postgresql-15-auto-failover)"
 	@echo "make bench-publish  the latest bench run becomes the figures of docs/performance.md"
-	@echo "make bench       benchmark against floors measured in the same run (~4 min, bench/results/latest.json)"
+	@echo "make bench       benchmark against floors measured in the same run (under 10 min, bench/results/latest.json)"
 	@echo "make test-other-languages  the psql and Node.js clients and the cross-language race (needs node, npm)"
 	@echo "make django-example  the Django example shop (examples/django) on a throwaway PostgreSQL"
 	@echo "make pgtap-deps  install pgTAP and pg_prove (Debian, as root)"

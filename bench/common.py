@@ -321,6 +321,9 @@ def embedded_with_stats(pgss: bool = True) -> Iterator[ServerInfo]:
                 ("pg_stat_statements.track", "top"),
                 ("pg_stat_statements.max", "10000"),
                 ("max_connections", "200"),
+                # A server holding 10^7 records (scenario 6: 3 GiB of records, as much of events) is given
+                # more than the default 128 MB of buffers, as any production server of that size would be.
+                ("shared_buffers", "2GB"),
             ):
                 c.execute(f"alter system set {name} = '{value}'")
         restarted = False
@@ -370,6 +373,9 @@ def with_dbname(dsn: str, dbname: str) -> str:
     return str(pgserver.with_dbname(dsn, dbname))
 
 
+APP_ROLE = "sentinel_bench_app"
+
+
 def create_database(info: ServerInfo, name: str) -> str:
     """(Re)create database ``name`` with the Sentinel schema and the bench floor tables; return its DSN."""
     with psycopg.connect(info.admin_dsn, autocommit=True) as c:
@@ -392,7 +398,18 @@ def create_database(info: ServerInfo, name: str) -> str:
                   " fence bigint, at timestamptz not null default clock_timestamp())")
         if info.pg_stat_statements:
             c.execute("create extension if not exists pg_stat_statements")
+        if info.embedded:
+            # once() runs as an application role with the app right, as in production (least privilege).
+            c.execute(f"do $$ begin create role {APP_ROLE} login; exception when duplicate_object then null; end $$")
+            c.execute(f"grant usage on schema bench to {APP_ROLE}")
+            c.execute(f"grant all on all tables in schema bench to {APP_ROLE}")
+            c.execute("select sentinel.grant_v2(%s, '*')", (APP_ROLE,))
     return dsn
+
+
+def app_dsn(info: ServerInfo, dsn: str) -> str:
+    """The DSN once() runs with: the application role on the embedded server, else ``dsn`` itself."""
+    return psycopg.conninfo.make_conninfo(dsn, user=APP_ROLE) if info.embedded else dsn
 
 
 def drop_database(info: ServerInfo, name: str) -> None:

@@ -61,7 +61,8 @@ class _Worker:
         self.index = index
         self.pid = os.getpid()
         self.conn = psycopg.connect(dsn, autocommit=True)
-        self.sentinel = Sentinel(conninfo=dsn, namespace=namespace, pool_size=1, connect_timeout=60)
+        self.sentinel = Sentinel(conninfo=dsn, namespace=namespace, pool_size=1, connect_timeout=60,
+                                 prepared_statements=True)
         self.calls = 0
 
     def close(self) -> None:

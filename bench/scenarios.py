@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import common  # noqa: E402
 import psycopg
 from common import (
     SCALE_DB,
@@ -70,25 +71,16 @@ from procpool import FLOOR_INSERT, FLOOR_UPDATE, SMALL_RESPONSE, WorkerPool
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sentinel import Sentinel
+from sentinel._options import _COMPLETE_SQL as DRIVER_COMPLETE_SQL
+from sentinel._options import acquire_statement
 
 HERE = Path(__file__).resolve().parent
 
 # The protocol SQL as the driver sends it, so that the raw-SQL diagnostic does
 # the same database work as once(): acquire_v2 with a per-call token, and
 # complete_v2 with its retention argument.
-ACQUIRE_SQL = (
-    "select outcome, fence, state, attempt, response, error, claimed_at, lease_expires_at,"
-    " hard_expires_at, now from sentinel.acquire_v2(%s, %s, %s, %s, %s, true, %s, %s)"
-)
-COMPLETE_SQL = "select outcome, state from sentinel.complete_v2(%s, %s, %s, %s::jsonb, %s)"
 # once() stores a fingerprint (a 43-character hash) by default; the raw SQL sends one of the same size.
 RAW_FINGERPRINT = "v2:" + "0" * 40
-
-
-def _complete_params(ns: str, key: str, fence: int, response: str) -> Tuple[Any, ...]:
-    """Arguments of COMPLETE_SQL: complete_v2 also takes retain_ms (NULL: keep until purged)."""
-    n = COMPLETE_SQL.count("%s")
-    return (ns, key, fence, response) + (None,) * (n - 4)
 
 
 FLOOR_SELECT = "select v from bench.floor where k = %s"
@@ -116,11 +108,13 @@ class Params:
     s5_executions: int = 8
     s5_hold_s: float = 6.0
     # (about 20,000 threads is this machine's limit: vm.max_map_count)
-    s5b_ramp: Tuple[int, ...] = (1000, 2000, 5000, 10000, 15000, 20000)
-    s5b_single_ramp: Tuple[int, ...] = (200, 400, 600, 800, 1000, 1500, 2000, 3000)
+    s5b_ramp: Tuple[int, ...] = (1000, 5000, 10000, 15000, 20000)
+    s5b_single_ramp: Tuple[int, ...] = (500, 1000, 2000, 3000)
     s5b_hold_s: float = 5.0
     s6_small: int = 1000
     s6_big: int = 1_000_000
+    s6_huge: int = 10_000_000
+    s6_phase_s: float = 45.0
     s6_warmup: int = 200
     s6_block: int = 100
     s6_rounds: int = 10
@@ -131,26 +125,31 @@ class Params:
     s8_seconds: float = 5.0
     s8_rounds: int = 2
     s8_clients: Tuple[int, ...] = (1, 8)
+    s12_rows: int = 1_000_000
+    s12_batch: int = 1_000
+    s12_window_s: float = 4.0
     budgets: Dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def make(cls, quick: bool) -> Params:
         if not quick:
             p = cls(quick=False)
-            p.budgets = {"fresh": 40, "replay": 30, "cache": 20, "wait": 40, "eventlog": 40, "concurrency": 100,
-                         "hotkey": 45, "heartbeat": 30, "leases": 150, "scale": 150, "dbos": 45, "pgbench": 70,
-                         "profile": 60}
+            p.budgets = {"fresh": 40, "replay": 30, "cache": 20, "wait": 40, "concurrency": 100,
+                         "hotkey": 45, "heartbeat": 30, "leases": 150, "scale": 420, "dbos": 45, "pgbench": 70,
+                         "profile": 60, "purge": 90}
             return p
         p = cls(
             quick=True, s1_warmup=100, s1_block=100, s1_rounds=3, s2_warmup=100, s2_block=200, s2_rounds=3,
             s2_keys=300, s3_warm_s=0.3, s3_window_s=1.0, s3_rounds=1, s4_rounds=3, s5_executions=4,
             s5_hold_s=2.0, s5b_ramp=(1000, 10000), s5b_single_ramp=(200, 600), s5b_hold_s=1.5, s6_big=100_000,
+            s6_huge=0, s6_phase_s=10.0,
             s6_warmup=50,
             s6_block=50, s6_rounds=4, s7_warmup=10, s7_block=40, s7_rounds=2, s7_replay_keys=100,
             s8_seconds=1.0, s8_rounds=1,
+            s12_rows=50_000, s12_window_s=1.0,
         )
-        p.budgets = {"fresh": 10, "replay": 8, "cache": 6, "wait": 15, "eventlog": 10, "concurrency": 20, "hotkey": 10,
-                     "heartbeat": 15, "leases": 30, "scale": 25, "dbos": 15, "pgbench": 20, "profile": 15}
+        p.budgets = {"fresh": 10, "replay": 8, "cache": 6, "wait": 15, "concurrency": 20, "hotkey": 10,
+                     "heartbeat": 15, "leases": 30, "scale": 25, "dbos": 15, "pgbench": 20, "profile": 15, "purge": 20}
         return p
 
 
@@ -162,6 +161,8 @@ class Ctx:
     info: ServerInfo
     dsn: str
     run_id: str
+    #: once() connects with it: an application role holding the app right (common.app_dsn)
+    app_dsn: str = ""
     deadline: float = 0.0
     details: Dict[str, Any] = field(default_factory=dict)
     _pool: Optional[WorkerPool] = None
@@ -171,7 +172,7 @@ class Ctx:
         n = max(max(self.params.s3_concurrency), 32)
         if self._pool is None:
             log(f"starting {n} worker processes")
-            self._pool = WorkerPool(n, self.dsn, f"workers-{self.run_id}")
+            self._pool = WorkerPool(n, self.app_dsn or self.dsn, f"workers-{self.run_id}")
             self._pool.run(("warm", f"warm-{self.run_id}", 10))
         return self._pool
 
@@ -221,6 +222,14 @@ def _no_ops(s: Summary) -> Summary:
     return Summary(s.n, s.median_us, s.p99_us, s.mean_us, s.min_us, s.max_us, math.nan)
 
 
+def _python_row(scenario: str, what: str, cpu: Dict[str, float]) -> Row:
+    """The client's own work per call: once()'s CPU time beyond that of its SQL sent by hand (psycopg alone)."""
+    extra = cpu["once"] - cpu["raw"]
+    return Row(scenario, f"Python work per {what} once(), beyond its statements", value=f"{extra:.0f} µs",
+               note=(f"client CPU per call: once() {cpu['once']:.0f} µs, the same statements through psycopg "
+                     f"{cpu['raw']:.0f} µs, the floor {cpu['floor']:.0f} µs"))
+
+
 def _cpu_note(cpu: Dict[str, float]) -> str:
     return "client CPU per call: " + ", ".join(f"{k} {v:.0f} µs" for k, v in cpu.items())
 
@@ -257,10 +266,11 @@ def s1_fresh(ctx: Ctx) -> List[Row]:
     p = ctx.params
     run = ctx.run_id
     ns, ns_raw = f"s1-{run}", f"s1raw-{run}"
-    with _connect(ctx.dsn) as floor_conn, _connect(ctx.dsn) as raw_conn, _connect(ctx.dsn) as mon:
+    with _connect(ctx.dsn) as floor_conn, _connect(ctx.app_dsn) as raw_conn, _connect(ctx.dsn) as mon:
         if ctx.info.pg_stat_statements:
             reset_statements(mon)
-        s = Sentinel(conninfo=ctx.dsn, namespace=ns, default_ttl_ms=3000)
+        s = Sentinel(conninfo=ctx.app_dsn, namespace=ns, default_ttl_ms=3000, prepared_statements=True)
+        plain = Sentinel(conninfo=ctx.app_dsn, namespace=ns, default_ttl_ms=3000)
         owner = s.owner
 
         def floor(i: int) -> None:
@@ -273,29 +283,35 @@ def s1_fresh(ctx: Ctx) -> List[Row]:
             if r.replayed or not r.completed:
                 raise RuntimeError(f"fresh once() did not execute: {r}")
 
+        def once_plain(i: int) -> None:
+            r = plain.once(f"s1p-{i}", _small)
+            if r.replayed or not r.completed:
+                raise RuntimeError(f"fresh once() did not execute: {r}")
+
         def raw(i: int) -> None:
-            k = f"s1r-{i}"
-            row = raw_conn.execute(ACQUIRE_SQL, (ns_raw, k, owner, 3000, 3000, RAW_FINGERPRINT,
-                                                 secrets.token_hex(16))).fetchone()
+            k, token = f"s1r-{i}", secrets.token_hex(16)
+            query, params = acquire_statement(raw_conn, ns_raw, k, owner, 3000, 3000, RAW_FINGERPRINT, token)
+            row = raw_conn.execute(query, params).fetchone()
             assert row is not None and row[0] == "acquired", row
-            done = raw_conn.execute(COMPLETE_SQL, _complete_params(ns_raw, k, row[1], SMALL_RESPONSE)).fetchone()
+            done = raw_conn.execute(DRIVER_COMPLETE_SQL, (ns_raw, k, row[1], token, SMALL_RESPONSE, None)).fetchone()
             assert done is not None and done[0] == "recorded", done
 
-        vs = [Variant("floor", floor), Variant("once", once), Variant("raw", raw)]
+        vs = [Variant("floor", floor), Variant("once", once), Variant("raw", raw), Variant("once_plain", once_plain)]
         try:
             interleave(vs, warmup=p.s1_warmup, block=p.s1_block, rounds=p.s1_rounds, deadline=ctx.deadline)
         finally:
             s.close()
+            plain.close()
         floor_conn.close()
         raw_conn.close()
         server = _server_means(mon, {
             "acquire_v2 (fresh)": "%sentinel.acquire_v2%", "complete": "%sentinel.complete_v%",
             "floor insert": "insert into bench.floor (k)%", "floor update": "update bench.floor set v%",
         }) if ctx.info.pg_stat_statements else {}
-    sf, so, sr = (summarize(v.samples) for v in vs)
+    sf, so, sr, sp = (summarize(v.samples) for v in vs)
     cpu = {v.name: round(v.cpu_us_per_call, 1) for v in vs}
     ctx.details.update({
-        "floor": sf.as_dict(), "once": so.as_dict(), "raw_sql": sr.as_dict(),
+        "floor": sf.as_dict(), "once": so.as_dict(), "raw_sql": sr.as_dict(), "once_unprepared": sp.as_dict(),
         "per_round_median_us": {v.name: v.per_round_median_us for v in vs},
         "server_mean_exec_us": server, "client_cpu_us_per_call": cpu,
     })
@@ -307,6 +323,8 @@ def s1_fresh(ctx: Ctx) -> List[Row]:
         _lat_row("1 fresh", "once() fresh key, 1 worker", so, sf, target=1.25, floor_name="ins+upd"),
         _lat_row("1 fresh", "floor: insert + update, 2 commits", sf),
         _lat_row("1 fresh", "the driver's acquire+complete SQL (diag.)", sr, sf, floor_name="ins+upd", note=note),
+        _lat_row("1 fresh", "once(), prepared_statements=False (the default)", sp, sf, floor_name="ins+upd"),
+        _python_row("1 fresh", "fresh", cpu),
     ]
 
 
@@ -319,8 +337,9 @@ def s2_replay(ctx: Ctx) -> List[Row]:
     run = ctx.run_id
     ns = f"s2-{run}"
     n = p.s2_keys
-    with _connect(ctx.dsn) as conn, _connect(ctx.dsn) as raw_conn, _connect(ctx.dsn) as mon:
-        s = Sentinel(conninfo=ctx.dsn, namespace=ns, default_ttl_ms=3000)
+    with _connect(ctx.dsn) as conn, _connect(ctx.app_dsn) as raw_conn, _connect(ctx.dsn) as mon:
+        s = Sentinel(conninfo=ctx.app_dsn, namespace=ns, default_ttl_ms=3000, prepared_statements=True)
+        plain = Sentinel(conninfo=ctx.app_dsn, namespace=ns, default_ttl_ms=3000)
         for i in range(n):
             s.once(f"s2-{i}", _small)
             conn.execute("insert into bench.floor (k, v) values (%s, %s::jsonb)", (f"s2f-{run}-{i}", SMALL_RESPONSE))
@@ -343,25 +362,34 @@ def s2_replay(ctx: Ctx) -> List[Row]:
             if not r.replayed:
                 raise RuntimeError(f"replay expected: {r}")
 
+        def once_plain(i: int) -> None:
+            r = plain.once(f"s2-{order[i % n]}", _small)
+            if not r.replayed:
+                raise RuntimeError(f"replay expected: {r}")
+
         def raw(i: int) -> None:
-            row = raw_conn.execute(ACQUIRE_SQL, (ns, f"s2-{order[i % n]}", owner, 3000, 3000, fp,
-                                                 secrets.token_hex(16))).fetchone()
+            query, params = acquire_statement(raw_conn, ns, f"s2-{order[i % n]}", owner, 3000, 3000, fp,
+                                              secrets.token_hex(16))
+            row = raw_conn.execute(query, params).fetchone()
             assert row is not None and row[0] == "completed", row
 
-        vs = [Variant("floor", floor), Variant("once", once), Variant("raw", raw)]
+        vs = [Variant("floor", floor), Variant("once", once), Variant("raw", raw), Variant("once_plain", once_plain)]
         try:
             interleave(vs, warmup=p.s2_warmup, block=p.s2_block, rounds=p.s2_rounds, deadline=ctx.deadline)
         finally:
             s.close()
+            plain.close()
         conn.close()
         raw_conn.close()
         server = _server_means(mon, {
-            "acquire_v2 (replay)": "%sentinel.acquire_v2%", "floor select": "select v from bench.floor%",
+            "decided_v1 read or acquire_v2 (replay)": "%sentinel.decided_v1%",
+            "acquire_v2 alone (diag.)": "select outcome%sentinel.acquire_v2%",
+            "floor select": "select v from bench.floor%",
         }) if ctx.info.pg_stat_statements else {}
-    sf, so, sr = (summarize(v.samples) for v in vs)
+    sf, so, sr, sp = (summarize(v.samples) for v in vs)
     cpu = {v.name: round(v.cpu_us_per_call, 1) for v in vs}
     ctx.details.update({
-        "floor": sf.as_dict(), "once": so.as_dict(), "raw_sql": sr.as_dict(),
+        "floor": sf.as_dict(), "once": so.as_dict(), "raw_sql": sr.as_dict(), "once_unprepared": sp.as_dict(),
         "per_round_median_us": {v.name: v.per_round_median_us for v in vs},
         "server_mean_exec_us": server, "client_cpu_us_per_call": cpu,
     })
@@ -371,6 +399,9 @@ def s2_replay(ctx: Ctx) -> List[Row]:
         _lat_row("2 replay", "once() replay of a completed key", so, sf, target=1.25, floor_name="PK select"),
         _lat_row("2 replay", "floor: primary-key select", sf),
         _lat_row("2 replay", "the driver's acquire SQL (diag.)", sr, sf, floor_name="PK select", note=note),
+        _lat_row("2 replay", "once(), prepared_statements=False (the default)", sp, sf, floor_name="PK select",
+                 note="acquire_v2 alone, planned on every call"),
+        _python_row("2 replay", "replay", cpu),
     ]
 
 
@@ -408,7 +439,7 @@ def s3_concurrency(ctx: Ctx) -> List[Row]:
         so = summarize(got["once_fresh"], wall)
         ctx.details[f"{conc}_workers"] = {"floor": sf.as_dict(), "once": so.as_dict(), "rounds": rounds,
                                          "ops_per_s_per_round": per_round}
-        target = 0.8 if conc == 32 else None
+        target = 0.6 if conc == 32 else None
         rows.append(_tput_row(f"3 conc ×{conc}", f"once() fresh, {conc} worker processes (total)", so, sf,
                               target=target, floor_name="ins+upd"))
         rows.append(_lat_row(f"3 conc ×{conc}", f"floor: insert + update, {conc} workers", sf))
@@ -796,25 +827,32 @@ def s5b_leases(ctx: Ctx) -> List[Row]:
 
 
 BULK_LOAD = """
-insert into sentinel.executions (namespace, key, state, fence, owner, attempt, ttl_ms, claimed_at, started_at,
-                                 lease_expires_at, hard_expires_at, finished_at, response, updated_at)
-select 'scale', 'k-' || md5(i::text), 'completed', nextval('sentinel.fence_seq'), 'bulk-load', 1, 3000,
-       t, t, t + interval '3 s', t + interval '3 s', t + interval '5 ms',
-       jsonb_build_object('ok', true, 'n', i), t + interval '5 ms'
-  from generate_series(%s::bigint, %s::bigint) i,
-       lateral (select now() - interval '1 day' + i * interval '1 ms') ts(t)
+with rows as (
+    insert into sentinel.executions (namespace, key, state, fence, owner, attempt, ttl_ms, claimed_at, started_at,
+                                     lease_expires_at, hard_expires_at, finished_at, response, updated_at, retain_until)
+    select %(ns)s, 'k-' || md5(i::text), 'completed', nextval('sentinel.fence_seq'), 'bulk-load', 1, 3000,
+           t, t, t + interval '3 s', t + interval '3 s', t + interval '5 ms',
+           jsonb_build_object('ok', true, 'n', i), t + interval '5 ms',
+           case when %(expired)s then t + interval '10 ms' end
+      from generate_series(%(first)s::bigint, %(last)s::bigint) i,
+           lateral (select now() - interval '1 day' + i * interval '1 ms') ts(t)
+    returning namespace, key, fence, owner, updated_at)
+-- One event per row (a real execution logs two), as the functions write them.
+insert into sentinel.events (namespace, key, fence, from_state, to_state, owner, actor, at, details)
+select namespace, key, fence, null, 'completed', owner, owner, updated_at, '{"attempt": 1}' from rows
 """
 
 
 def _server_costs(conn: Conn) -> Dict[str, float]:
     """Server-side costs in this database (pg_stat_statements), for the scale comparison.
 
-    Fresh and replay acquires send the same statement, so they share one
+    Fresh and replay acquires send the same statement (which reads
+    decided_v1 and calls acquire_v2 for an undecided key), so they share one
     entry: its time is not split, but replays write no WAL, so WAL and full
     page images are per fresh call (acquire + completion).
     """
     rows = [r for r in statements(conn, "%sentinel.%_v%") if r["toplevel"] and r["calls"]]
-    acq = [r for r in rows if "acquire_v" in r["query"]]
+    acq = [r for r in rows if "acquire_v" in r["query"] or "decided_v1" in r["query"]]  # (query text shortened)
     comp = [r for r in rows if "complete_v" in r["query"]]
     n_fresh = sum(r["calls"] for r in comp)
     n_acq = sum(r["calls"] for r in acq)
@@ -836,83 +874,116 @@ def _md5(i: int) -> str:
     return hashlib.md5(str(i).encode()).hexdigest()
 
 
-def _load(dsn: str, first: int, last: int) -> float:
+def _load(dsn: str, first: int, last: int, ns: str = "scale", expired: bool = False) -> float:
+    """Bulk-load completed records (and their events) as the schema owner, who marks itself a writer.
+
+    Millions of rows at once go in without the two indexes on random keys
+    (the records' primary key, the events' key index), which are built again
+    afterwards: the same indexes, faster than millions of random inserts.
+    """
     t = time.monotonic()
+    rebuild = last - first >= 2_000_000
     with _connect(dsn) as c:
-        c.execute(BULK_LOAD, (first, last))
-        c.execute("vacuum analyze sentinel.executions")
+        c.execute("set sentinel.writer = 'protocol'")
+        c.execute("set maintenance_work_mem = '512MB'")
+        if rebuild:
+            c.execute("alter table sentinel.executions drop constraint executions_pkey")
+            c.execute("drop index sentinel.events_key_idx")
+        for start in range(first, last + 1, 1_000_000):  # a statement per million rows
+            c.execute(BULK_LOAD, {"ns": ns, "first": start, "last": min(start + 999_999, last), "expired": expired})
+        if rebuild:
+            c.execute("alter table sentinel.executions add constraint executions_pkey primary key (namespace, key)")
+            c.execute("create index events_key_idx on sentinel.events (namespace, key, id)")
+        # Vacuumed here, not by autovacuum in the middle of a measurement.
+        c.execute("vacuum analyze sentinel.executions, sentinel.events")
         with contextlib.suppress(psycopg.Error):
             c.execute("checkpoint")
     return time.monotonic() - t
 
 
 def s6_scale(ctx: Ctx) -> List[Row]:
-    """Fresh and replay latency with 10^3 vs 10^6 records, sizes, HOT updates.
+    """Fresh and replay latency with 10^3 vs 10^6 and 10^7 records, sizes, HOT updates.
 
-    Two databases on the same server, one holding 10^3 and one 10^6
-    completed records, measured interleaved in the same blocks: the 10^3
-    figure is the floor of the 10^6 one, and drift hits both alike.
+    Two databases on the same server, one holding 10^3 and one 10^6 completed
+    records, measured interleaved in the same blocks: the 10^3 figure is the
+    floor of the 10^6 one, and drift hits both alike. Then the big one is
+    loaded up to 10^7 and measured again the same way.
     """
     p = ctx.params
-    big_label = f"10^{round(math.log10(p.s6_big))}"
     dsn_small = create_database(ctx.info, SCALE_SMALL_DB)
     dsn_big = create_database(ctx.info, SCALE_DB)
+    rows: List[Row] = []
+    phases: Dict[str, Any] = {}
     try:
         _load(dsn_small, 1, p.s6_small)
-        log(f"  bulk-loading {p.s6_big:,} completed executions")
-        load_s = _load(dsn_big, 1, p.s6_big)
-        log(f"  loaded in {load_s:.1f} s")
-        with _connect(dsn_big) as c:
-            size_row = c.execute(
-                "select pg_relation_size('sentinel.executions'), pg_indexes_size('sentinel.executions'),"
-                " pg_total_relation_size('sentinel.executions'), count(*),"
-                " pg_total_relation_size('sentinel.executions') - pg_relation_size('sentinel.executions')"
-                " - pg_indexes_size('sentinel.executions')"
-                " from sentinel.executions").fetchone()
-            ev_row = c.execute(
-                "select case when to_regclass('sentinel.events') is null then null"
-                " else pg_total_relation_size('sentinel.events') end").fetchone()
-        assert size_row is not None and ev_row is not None
-        with _connect(dsn_small) as ms, _connect(dsn_big) as mb:
-            if ctx.info.pg_stat_statements:
-                reset_statements(ms)
-            c0 = {"small": table_counters(ms), "big": table_counters(mb)}
-            ss = Sentinel(conninfo=dsn_small, namespace="scale", default_ttl_ms=3000)
-            sb = Sentinel(conninfo=dsn_big, namespace="scale", default_ttl_ms=3000)
-            rnd = random.Random(6)
-
-            def fresh(s: Sentinel) -> Callable[[int], None]:
-                def op(i: int) -> None:
-                    r = s.once(f"new-{uuid.uuid4().hex}", _small)
-                    if r.replayed:
-                        raise RuntimeError("fresh key replayed")
-                return op
-
-            def replay(s: Sentinel, loaded: int) -> Callable[[int], None]:
-                def op(i: int) -> None:
-                    k = "k-" + _md5(rnd.randint(1, loaded))
-                    r = s.once(k, _small)
-                    if not r.replayed:
-                        raise RuntimeError(f"replay expected for {k}: {r}")
-                return op
-
-            vs = [Variant("fresh_small", fresh(ss)), Variant("fresh_big", fresh(sb)),
-                  Variant("replay_small", replay(ss, p.s6_small)), Variant("replay_big", replay(sb, p.s6_big))]
-            try:
-                interleave(vs, warmup=p.s6_warmup, block=p.s6_block, rounds=p.s6_rounds, deadline=ctx.deadline - 5)
-            finally:
-                ss.close()
-                sb.close()
-            time.sleep(0.5)  # closed sessions flush their table statistics
-            c1 = {"small": table_counters(ms), "big": table_counters(mb)}
-            server = {db: _server_costs(conn) for db, conn in (("small", ms), ("big", mb))} \
-                if ctx.info.pg_stat_statements else {}
+        loaded = 0
+        for target in (p.s6_big, p.s6_huge):
+            if target <= loaded:
+                continue
+            label = f"10^{round(math.log10(target))}"
+            log(f"  bulk-loading {target - loaded:,} completed executions (up to {label})")
+            load_s = _load(dsn_big, loaded + 1, target)
+            loaded = target
+            log(f"  loaded in {load_s:.1f} s")
+            got = _scale_phase(ctx, dsn_small, dsn_big, target, label, load_s)
+            rows.extend(got.pop("rows"))
+            phases[label] = got
     finally:
         for db in (SCALE_SMALL_DB, SCALE_DB):
             with contextlib.suppress(psycopg.Error):
                 drop_database(ctx.info, db)
-    heap, idx, total, nrows, toast = (int(x) for x in size_row)
-    events_total = None if ev_row[0] is None else int(ev_row[0])
+    ctx.details.update(phases)
+    return rows
+
+
+def _scale_phase(ctx: Ctx, dsn_small: str, dsn_big: str, loaded: int, big_label: str, load_s: float
+                 ) -> Dict[str, Any]:
+    """One measurement of scenario 6: 10^3 against ``loaded`` records, interleaved; its rows and details."""
+    p = ctx.params
+    with _connect(dsn_big) as c:
+        size_row = c.execute(
+            "select pg_relation_size('sentinel.executions'), pg_indexes_size('sentinel.executions'),"
+            " pg_total_relation_size('sentinel.executions'), pg_total_relation_size('sentinel.executions')"
+            " - pg_relation_size('sentinel.executions') - pg_indexes_size('sentinel.executions'),"
+            " pg_total_relation_size('sentinel.events')").fetchone()
+    assert size_row is not None
+    with _connect(dsn_small) as ms, _connect(dsn_big) as mb:
+        if ctx.info.pg_stat_statements:
+            reset_statements(ms)
+        c0 = {"small": table_counters(ms), "big": table_counters(mb)}
+        app_small, app_big = common.app_dsn(ctx.info, dsn_small), common.app_dsn(ctx.info, dsn_big)
+        ss = Sentinel(conninfo=app_small, namespace="scale", default_ttl_ms=3000, prepared_statements=True)
+        sb = Sentinel(conninfo=app_big, namespace="scale", default_ttl_ms=3000, prepared_statements=True)
+        rnd = random.Random(6)
+
+        def fresh(s: Sentinel) -> Callable[[int], None]:
+            def op(i: int) -> None:
+                r = s.once(f"new-{uuid.uuid4().hex}", _small)
+                if r.replayed:
+                    raise RuntimeError("fresh key replayed")
+            return op
+
+        def replay(s: Sentinel, n: int) -> Callable[[int], None]:
+            def op(i: int) -> None:
+                k = "k-" + _md5(rnd.randint(1, n))
+                r = s.once(k, _small)
+                if not r.replayed:
+                    raise RuntimeError(f"replay expected for {k}: {r}")
+            return op
+
+        vs = [Variant("fresh_small", fresh(ss)), Variant("fresh_big", fresh(sb)),
+              Variant("replay_small", replay(ss, p.s6_small)), Variant("replay_big", replay(sb, loaded))]
+        try:
+            interleave(vs, warmup=p.s6_warmup, block=p.s6_block, rounds=p.s6_rounds,
+                       deadline=min(ctx.deadline - 5, time.monotonic() + p.s6_phase_s))
+        finally:
+            ss.close()
+            sb.close()
+        time.sleep(0.5)  # closed sessions flush their table statistics
+        c1 = {"small": table_counters(ms), "big": table_counters(mb)}
+        server = {db: _server_costs(conn) for db, conn in (("small", ms), ("big", mb))} \
+            if ctx.info.pg_stat_statements else {}
+    heap, idx, total, toast, events_total = (int(x) for x in size_row)
     sums = {v.name: summarize(v.samples) for v in vs}
     rows: List[Row] = []
     for name, label in (("fresh", "fresh once()"), ("replay", "replay once()")):
@@ -930,11 +1001,11 @@ def s6_scale(ctx: Ctx) -> List[Row]:
                         f"{x['blocks_read_per_acquire']:.2f}→{y['blocks_read_per_acquire']:.2f} per call")
         rows.append(_lat_row("6 scale", f"{label} with {big_label} records", b, a, target=1.3,
                              floor_name="@10^3", show_ops=False, note=note))
-    rows.append(Row("6 scale", f"executions table with {nrows:,} rows",
+    rows.append(Row("6 scale", f"executions table with {loaded:,} rows",
                     value=(f"heap {fmt_bytes(heap)}, indexes {fmt_bytes(idx)}, toast {fmt_bytes(toast)}, "
-                           f"total {fmt_bytes(total)} ({total / nrows:.0f} B/row)"),
+                           f"total {fmt_bytes(total)} ({total / loaded:.0f} B/row)"),
                     note=(f"events log {fmt_bytes(events_total)} (1 event per bulk-loaded row; a real execution "
-                          f"logs 2); bulk load {load_s:.0f} s" if events_total is not None else "")))
+                          f"logs 2); bulk load {load_s:.0f} s")))
     hot_txt = []
     hot: Dict[str, Dict[str, int]] = {}
     for lab, db in (("10^3", "small"), (big_label, "big")):
@@ -943,15 +1014,15 @@ def s6_scale(ctx: Ctx) -> List[Row]:
         if d["upd"]:
             hot_txt.append(f"{100.0 * d['hot_upd'] / d['upd']:.1f}% at {lab} ({d['hot_upd']}/{d['upd']}, "
                            f"{d['newpage_upd']} to a new page)")
-    rows.append(Row("6 scale", "HOT updates over fresh once() (fillfactor 80)", value="; ".join(hot_txt) or "-"))
-    ctx.details.update({
-        **{k: v.as_dict() for k, v in sums.items()},
+    rows.append(Row("6 scale", f"HOT updates over fresh once() (fillfactor 80), {big_label}",
+                    value="; ".join(hot_txt) or "-"))
+    return {
+        "rows": rows, **{k: v.as_dict() for k, v in sums.items()},
         "per_round_median_us": {v.name: v.per_round_median_us for v in vs},
-        "rows": nrows, "heap_bytes": heap, "index_bytes": idx, "toast_bytes": toast, "total_bytes": total,
+        "records": loaded, "heap_bytes": heap, "index_bytes": idx, "toast_bytes": toast, "total_bytes": total,
         "events_total_bytes": events_total, "bulk_load_s": round(load_s, 1), "hot": hot,
         "server_per_call": server,
-    })
-    return rows
+    }
 
 
 # -- 8. pgbench ---------------------------------------------------------------------------------
@@ -1192,7 +1263,8 @@ def s2c_cache(ctx: Ctx) -> List[Row]:
     ns = f"s2c-{run}"
     n = min(p.s2_keys, 500)
     with _connect(ctx.dsn) as conn:
-        s = Sentinel(conninfo=ctx.dsn, namespace=ns, default_ttl_ms=3000, cache_size=10_000, cache_ttl_ms=60_000)
+        s = Sentinel(conninfo=ctx.app_dsn, namespace=ns, default_ttl_ms=3000, cache_size=10_000, cache_ttl_ms=60_000,
+                     prepared_statements=True)
         for i in range(n):
             s.once(f"c-{i}", _small)
             conn.execute("insert into bench.floor (k, v) values (%s, %s::jsonb)", (f"s2c-{run}-{i}", SMALL_RESPONSE))
@@ -1292,45 +1364,6 @@ def s9_wait(ctx: Ctx) -> List[Row]:
                              show_ops=False, note=f"{len(samples)} trials"))
     return rows
 
-# -- 10. the event log's cost -------------------------------------------------------------
-
-
-def s10_eventlog(ctx: Ctx) -> List[Row]:
-    """Fresh once() with the event log (two events per run) against the same schema without its triggers."""
-    p = ctx.params
-    name = f"sentinel_bench_nolog_{ctx.run_id}".replace("-", "_")
-    nolog = create_database(ctx.info, name)
-    try:
-        with _connect(nolog) as c:
-            c.execute("drop trigger executions_log_insert on sentinel.executions")
-            c.execute("drop trigger executions_log_transition on sentinel.executions")
-        with_log = Sentinel(conninfo=ctx.dsn, namespace=f"s10-{ctx.run_id}")
-        without = Sentinel(conninfo=nolog, namespace=f"s10-{ctx.run_id}")
-
-        def logged(i: int) -> None:
-            with_log.once(f"log-{i}", _small)
-
-        def unlogged(i: int) -> None:
-            without.once(f"nolog-{i}", _small)
-
-        vs = [Variant("with event log", logged), Variant("without", unlogged)]
-        try:
-            interleave(vs, warmup=p.s1_warmup, block=p.s1_block, rounds=p.s1_rounds, deadline=ctx.deadline)
-        finally:
-            with_log.close()
-            without.close()
-        with _connect(nolog) as c:
-            row = c.execute("select count(*) from sentinel.events").fetchone()
-            if row is None or row[0] != 0:
-                raise RuntimeError("the database without triggers still logged events")
-    finally:
-        drop_database(ctx.info, name)
-    sl, sn = (summarize(v.samples) for v in vs)
-    return [
-        _lat_row("10 events", "fresh once() with the event log", sl, sn, floor_name="without"),
-        _lat_row("10 events", "fresh once() without the log's triggers", sn),
-    ]
-
 
 _SERVER_LOOP = """
 do $bench$
@@ -1338,6 +1371,7 @@ declare
     ns constant text := %(ns)s;
     n constant integer := %(n)s;
     r constant integer := %(round)s;
+    tok constant text := 'bench-token-0123456789';
     t0 timestamptz;
     f bigint;
     fences bigint[] := '{}';
@@ -1366,22 +1400,22 @@ begin
     t0 := clock_timestamp();
     for i in 1..n loop
         select a.fence into f from sentinel.acquire_v2(ns, 'a-' || r || '-' || i, 'bench', 30000, 30000, true,
-                                                       null, null) a;
+                                                       null, tok) a;
         fences[i] := f;
     end loop;
     insert into pg_temp.bench_times values (r, 'acquire', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
-    -- heartbeat_v1 of those live executions
+    -- heartbeat_v2 of those live executions
     t0 := clock_timestamp();
     for i in 1..n loop
-        perform sentinel.heartbeat_v1(ns, 'a-' || r || '-' || i, fences[i]);
+        perform sentinel.heartbeat_v2(ns, 'a-' || r || '-' || i, fences[i], tok);
     end loop;
     insert into pg_temp.bench_times values (r, 'heartbeat', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
-    -- a fresh once(): acquire_v2 and complete_v2
+    -- a fresh once(): acquire_v2 and complete_v3, as the driver calls them
     t0 := clock_timestamp();
     for i in 1..n loop
         select a.fence into f from sentinel.acquire_v2(ns, 'o-' || r || '-' || i, 'bench', 30000, 30000, true,
-                                                       null, null) a;
-        perform sentinel.complete_v2(ns, 'o-' || r || '-' || i, f, '{"ok": true}'::jsonb, null);
+                                                       null, tok) a;
+        perform sentinel.complete_v3(ns, 'o-' || r || '-' || i, f, tok, '{"ok": true}'::jsonb, null);
     end loop;
     insert into pg_temp.bench_times values (r, 'once', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
     -- a replay: acquire_v2 of those completed keys
@@ -1390,6 +1424,13 @@ begin
         perform sentinel.acquire_v2(ns, 'o-' || r || '-' || i, 'bench', 30000, 30000, true, null, null);
     end loop;
     insert into pg_temp.bench_times values (r, 'replay', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
+    -- a replay as once() reads it: the decided key from sentinel.decided_v1
+    t0 := clock_timestamp();
+    for i in 1..n loop
+        perform d.response from sentinel.decided_v1 d
+          where d.namespace = ns and d.key = 'o-' || r || '-' || i and d.fingerprint is not distinct from null;
+    end loop;
+    insert into pg_temp.bench_times values (r, 'decided', extract(epoch from clock_timestamp() - t0) * 1e9 / n);
 end
 $bench$
 """
@@ -1400,14 +1441,20 @@ def s11_server(ctx: Ctx) -> List[Row]:
     p = ctx.params
     n, rounds = (50, 3) if p.quick else (200, 12)
     ns = f"s11-{ctx.run_id}"[:60]
+    role = common.APP_ROLE if ctx.info.embedded else None
     with _connect(ctx.dsn) as c:
         c.execute("create temp table bench_times (round integer, what text, ns_per_call float8)")
         # A logged table like sentinel.executions, created outside the measured transaction (a temporary
         # one, or one created in the same transaction, may skip the WAL the protocol's writes pay for).
         c.execute("drop table if exists public.bench_floor")
         c.execute("create table public.bench_floor (id bigint primary key, v text, at timestamptz)")
+        if role:
+            c.execute(f"grant all on public.bench_floor, pg_temp.bench_times to {role}")
+            c.execute(f"grant usage on schema public to {role}")
         try:
             with c.transaction(force_rollback=True):  # nothing of it stays: only the server's CPU time counts
+                if role:  # as the application role, with the app right (the production path of every check)
+                    c.execute(f"set local role {role}")
                 for r in range(rounds + 1):
                     c.execute(_SERVER_LOOP % {"ns": f"'{ns}'", "n": n, "round": r})
                 rows = c.execute("select what, ns_per_call from bench_times where round > 0").fetchall()
@@ -1417,16 +1464,95 @@ def s11_server(ctx: Ctx) -> List[Row]:
     for what, per_call in rows:
         samples.setdefault(what, []).append(int(per_call))
     sm = {k: summarize(v) for k, v in samples.items()}
-    note = f"{rounds} rounds of {n} calls in one transaction (rolled back); per call"
+    ctx.details.update({k: v.as_dict() for k, v in sm.items()})
+    note = f"{rounds} rounds of {n} calls in one transaction (rolled back), as {role or 'the bench login'}; per call"
     return [
-        _lat_row("11 server", "fresh once(): acquire_v2 + complete_v2", _no_ops(sm["once"]), sm["floor_write"],
-                 floor_name="ins+upd", note=note),
+        _lat_row("11 server", "fresh once(): acquire_v2 + complete_v3", _no_ops(sm["once"]), sm["floor_write"],
+                 target=3.0, floor_name="ins+upd", note=note),
+        _lat_row("11 server", "replay: the decided key from decided_v1", _no_ops(sm["decided"]), sm["floor_read"],
+                 target=2.0, floor_name="PK read"),
         _lat_row("11 server", "acquire_v2 (fresh)", _no_ops(sm["acquire"]), sm["floor_write"], floor_name="ins+upd"),
-        _lat_row("11 server", "acquire_v2 (replay)", _no_ops(sm["replay"]), sm["floor_read"], floor_name="PK read"),
-        _lat_row("11 server", "heartbeat_v1", _no_ops(sm["heartbeat"]), sm["floor_update"], floor_name="update"),
+        _lat_row("11 server", "acquire_v2 (replay, diag.)", _no_ops(sm["replay"]), sm["floor_read"],
+                 floor_name="PK read"),
+        _lat_row("11 server", "heartbeat_v2", _no_ops(sm["heartbeat"]), sm["floor_update"], floor_name="update"),
         _lat_row("11 server", "floor: insert + update", _no_ops(sm["floor_write"])),
         _lat_row("11 server", "floor: primary-key read", _no_ops(sm["floor_read"])),
         _lat_row("11 server", "floor: update by primary key", _no_ops(sm["floor_update"])),
+    ]
+
+
+# -- 12. once() while purge_expired_v1 deletes 10^6 records ------------------------------------
+
+
+def s12_purge(ctx: Ctx) -> List[Row]:
+    """p99 of fresh once() while purge_expired_v1 deletes 10^6 expired records in batches, against without."""
+    p = ctx.params
+    rows_n = p.s12_rows
+    ns_old, ns = f"s12old-{ctx.run_id}", f"s12-{ctx.run_id}"
+    load_s = _load(ctx.dsn, 1, rows_n, ns=ns_old, expired=True)
+    log(f"  {rows_n:,} expired records loaded in {load_s:.1f} s")
+    s = Sentinel(conninfo=ctx.app_dsn, namespace=ns, default_ttl_ms=3000, prepared_statements=True)
+    counter = [0]
+
+    def once_for(seconds: float, until: Optional[threading.Event] = None) -> List[int]:
+        lat: List[int] = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (until is not None and until.is_set()):
+            counter[0] += 1
+            t0 = time.perf_counter_ns()
+            r = s.once(f"k-{counter[0]}", _small)
+            lat.append(time.perf_counter_ns() - t0)
+            if r.replayed:
+                raise RuntimeError(f"fresh once() did not execute: {r}")
+        return lat
+
+    purged = [0]
+    purge_s = [0.0]
+    done = threading.Event()
+
+    wal: Dict[str, float] = {}
+
+    def purge() -> None:
+        t0 = time.monotonic()
+        with _connect(ctx.dsn) as c:
+            w0 = c.execute("select wal_bytes, wal_fpi from pg_stat_wal").fetchone()
+            while True:
+                row = c.execute("select sentinel.purge_expired_v1(%s, %s)", (ns_old, p.s12_batch)).fetchone()
+                n = int(row[0]) if row else 0
+                purged[0] += n
+                if n == 0:
+                    break
+            w1 = c.execute("select wal_bytes, wal_fpi from pg_stat_wal").fetchone()
+            if w0 is not None and w1 is not None:  # the whole server's WAL meanwhile, once() included
+                wal.update(bytes=float(w1[0] - w0[0]), fpi=float(w1[1] - w0[1]))
+        purge_s[0] = time.monotonic() - t0
+        done.set()
+
+    try:
+        once_for(1.0)  # warm up
+        before = once_for(p.s12_window_s)
+        worker = threading.Thread(target=purge, name="purge")
+        worker.start()
+        during = once_for(max(ctx.left() - 10, 5.0), until=done)
+        worker.join()
+        after = once_for(p.s12_window_s)
+    finally:
+        s.close()
+    if purged[0] != rows_n:
+        raise RuntimeError(f"purge_expired_v1 deleted {purged[0]} of {rows_n} expired records")
+    without = summarize(before + after)
+    with_purge = summarize(during)
+    ratio = with_purge.p99_us / without.p99_us if without.p99_us else float("nan")
+    ctx.details.update({"rows": rows_n, "batch": p.s12_batch, "load_s": round(load_s, 1), "wal": wal,
+                        "purge_s": round(purge_s[0], 1), "without": without.as_dict(), "during": with_purge.as_dict()})
+    return [
+        Row("12 purge", f"p99 of once() during a {rows_n:,}-row purge", summary=_no_ops(with_purge),
+            floor=f"without {fmt_us(without.p99_us)}", ratio=ratio, ratio_kind="p99 / p99 without",
+            target="≤ 2× (p99)", passed=check(ratio, 2.0, at_most=True),
+            note=f"purge_expired_v1 in batches of {p.s12_batch:,}, back to back: {purge_s[0]:.1f} s; "
+                 f"{with_purge.n:,} calls during it, {without.n:,} before and after; WAL meanwhile "
+                 f"{fmt_bytes(wal.get('bytes', 0.0))} ({wal.get('bytes', 0.0) / rows_n:.0f} B per deleted record, "
+                 f"{wal.get('fpi', 0.0):,.0f} full-page images)"),
     ]
 
 
@@ -1442,12 +1568,12 @@ SCENARIOS: Dict[str, Tuple[str, Callable[[Ctx], List[Row]]]] = {
     "dbos": ("7", _dbos),
     "pgbench": ("8", s8_pgbench),
     "wait": ("9", s9_wait),
-    "eventlog": ("10", s10_eventlog),
     "server": ("11", s11_server),
+    "purge": ("12", s12_purge),
     "profile": ("P", s_profile),
 }
 DEFAULT = ["fresh", "replay", "cache", "concurrency", "hotkey", "heartbeat", "leases", "scale", "dbos", "pgbench",
-           "wait", "eventlog", "server"]
+           "wait", "server", "purge"]
 
 
 __all__ = ["Ctx", "Params", "SCENARIOS", "DEFAULT"]

@@ -15,7 +15,9 @@ function. docs/ha.md shows docs/results/ha-sync.json and ha-async.json between
 and a row per failover, rendered by ``chaos/ha.py``'s ``table``. Nothing in them
 is typed by hand. docs/ha.md also shows docs/results/ha-pgaf.json (``make
 chaos-ha-pgaf``, pg_auto_failover as the HA manager) between ``<!-- ha-pgaf:begin -->``
-and ``<!-- ha-pgaf:end -->``, rendered by ``chaos/ha.py``'s ``pgaf_table``.
+and ``<!-- ha-pgaf:end -->``, rendered by ``chaos/ha.py``'s ``pgaf_table``. The README shows
+the figures of docs/results/bench.json that have a target between ``<!-- bench-summary:begin -->``
+and ``<!-- bench-summary:end -->``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def render(run: Dict[str, Any]) -> str:
     where = "embedded" if server.get("embedded") else "external"
     head = (f"The run of {run['started_at'][:16].replace('T', ' ')} UTC ({run['wall_s']:.0f} s): "
             f"{machine['cpus']} cores, PostgreSQL {settings['server_version']} ({where}, "
-            f"fsync={settings['fsync']}, synchronous_commit={settings['synchronous_commit']}), Python "
+            f"fsync={settings['fsync']}, synchronous_commit={settings['synchronous_commit']}, "
+            f"shared_buffers={settings.get('shared_buffers', '?')}), Python "
             f"{versions['python']}, psycopg {versions['psycopg']}, Sentinel {versions['sentinel']}; "
             f"load average {machine['loadavg_start'][0]:.2f} at the start, "
             f"{machine['loadavg_end'][0]:.2f} at the end.\n\n")
@@ -67,6 +70,29 @@ def render(run: Dict[str, Any]) -> str:
             (row.get("floor") or "").replace("|", "\\|"), f"{ratio:.2f}" if ratio is not None else "",
         ]) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+def render_targets(run: Dict[str, Any]) -> str:
+    """The README's table: every figure of the run that has a target, its ratio to its floor, and pass or miss."""
+    lines = ["| figure | measured | against | ratio | target | |", "| --- | ---: | --- | ---: | --- | --- |"]
+    for row in run["rows"]:
+        if not row.get("target"):
+            continue
+        s = row.get("summary") or {}
+        ratio = row.get("ratio")
+        measured = _us(s.get("median_us")) if s.get("median_us") else (row.get("value") or "")
+        if s.get("ops_per_s") and "ops" in (row.get("ratio_kind") or ""):
+            measured = f"{_ops(s.get('ops_per_s'))} ops/s"
+        lines.append("| " + " | ".join([
+            f"{row['scenario']}: {row['measure']}".replace("|", "\\|"), measured.replace("|", "\\|"),
+            (row.get("floor") or "").replace("|", "\\|"), f"{ratio:.2f}" if ratio is not None else "",
+            row["target"], row.get("result") or "",
+        ]) + " |")
+    met = sum(1 for row in run["rows"] if row.get("target") and row.get("result") == "pass")
+    total = sum(1 for row in run["rows"] if row.get("target"))
+    return (f"`make bench` of {run['started_at'][:10]} ({run['wall_s']:.0f} s, {run['machine']['cpus']} cores, "
+            f"PostgreSQL {run['server']['settings']['server_version']}): {met} of {total} targets met.\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def render_chaos(run: Dict[str, Any]) -> str:
@@ -115,6 +141,7 @@ def render_ha_summary(runs: List[Dict[str, Any]]) -> str:
 
 PAGES: List[Tuple[Any, str, str, Callable[[Any], str]]] = [  # (result file(s), page, marker, renderer)
     ("bench.json", "performance.md", "bench", render),
+    ("bench.json", "../README.md", "bench-summary", render_targets),
     ("chaos.json", "testing.md", "chaos", render_chaos),
     (("ha-sync.json", "ha-async.json"), "ha.md", "ha", render_ha),  # several files: the renderer gets a list
     (("ha-sync.json", "ha-async.json", "ha-pgaf.json"), "../README.md", "ha-summary", render_ha_summary),
