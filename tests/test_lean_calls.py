@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, List, Tuple
 
 import psycopg
 import pytest
@@ -162,3 +162,22 @@ def test_a_replay_answers_the_same_through_either_statement(login: Login, namesp
     for r in answers:
         assert r.replayed and r.response == {"n": 1} and r.state == "completed"
         assert (r.fence, r.attempt) == (first.fence, first.attempt)
+
+
+def test_short_calls_do_not_wake_the_heartbeat_thread_each(dsn: str, namespace: str) -> None:
+    """A lease that ends before its first renewal is due needs no renewal: registering it wakes the heartbeat
+    thread only when it is due before the thread looks again (a wake-up per call cost each call a switch of
+    threads)."""
+    with sentinel.Sentinel(conninfo=dsn, namespace=namespace, fingerprints=False) as s:
+        s.once("warm", lambda: 1)  # the heartbeat thread exists from here on
+        woken: List[int] = []
+        notify = s._heartbeat._cond.notify
+
+        def counted(n: int = 1) -> None:
+            woken.append(n)
+            notify(n)
+
+        s._heartbeat._cond.notify = counted  # type: ignore[method-assign]
+        for i in range(200):
+            assert s.once(f"k{i}", lambda n=i: n).response == i
+    assert len(woken) <= 2, len(woken)

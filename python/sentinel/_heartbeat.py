@@ -121,6 +121,11 @@ class Renewals:
 
     _heap: List[Tuple[float, int]]
     _leases: Dict[int, Any]  # id -> Lease (AsyncLease for the task)
+    #: monotonic time the heartbeat looks at the schedule next (infinity: when a lease is registered)
+    _wake_at: float = float("inf")
+    #: how long it looks again after finding nothing scheduled: the latest interval registered
+    _idle_s: float = 1.0
+    _idle_once: bool = False
     #: False once the database or the role cannot batch (no heartbeat_many_v1): each lease alone then
     _batched: bool
 
@@ -134,6 +139,35 @@ class Renewals:
         return lease.id in self._leases
 
     # -- the schedule ---------------------------------------------------------------
+
+    def _schedule(self, lease: Any) -> bool:
+        """Put a new lease's first renewal (one interval from now) in the schedule; True when the heartbeat
+        must be woken for it, which is only when it is due before the heartbeat looks again anyway: a
+        wake-up per call would cost each call a switch of threads (most leases end before their first
+        renewal)."""
+        due = time.monotonic() + lease.interval
+        heapq.heappush(self._heap, (due, lease.id))
+        self._idle_s = lease.interval
+        if due < self._wake_at:
+            self._wake_at = due
+            return True
+        return False
+
+    def _sleep_for(self, now: float, wait: Optional[float]) -> Optional[float]:
+        """How long the heartbeat sleeps after :meth:`_due` found nothing due (``wait``: until the next
+        renewal; ``None``: nothing scheduled), noting when it looks again. With nothing scheduled it
+        looks once more after an interval's length (the leases registered meanwhile are due later, so
+        they wake nobody), then sleeps until a lease is registered. None: until woken."""
+        if wait is not None:
+            self._idle_once = False
+        elif not self._idle_once:
+            self._idle_once = True
+            wait = self._idle_s
+        else:
+            self._wake_at = float("inf")
+            return None
+        self._wake_at = now + wait
+        return wait
 
     def _due(self, now: float) -> Tuple[List[Lease], Optional[float]]:
         """Take the leases to renew now: ``(due, None)``, or ``([], seconds until the next is due)``
@@ -344,14 +378,11 @@ class Heartbeater(Renewals):
             lease.id = next(self._ids)
             lease.on_lost = self._on_lost
             self._leases[lease.id] = lease
-            due = time.monotonic() + lease.interval
-            wakes_earlier = not self._heap or due < self._heap[0][0]
-            heapq.heappush(self._heap, (due, lease.id))
+            wake = self._schedule(lease)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="sentinel-heartbeat", daemon=True)
                 self._thread.start()
-            elif wakes_earlier:
-                # Wake the thread only when this lease is due before its next wake-up.
+            elif wake:
                 self._cond.notify()
 
     def unregister(self, lease: Lease) -> None:
@@ -406,10 +437,11 @@ class Heartbeater(Renewals):
         """Wait until leases are due; None when closed."""
         with self._lock:
             while not self._closed:
-                due, wait = self._due(time.monotonic())
+                now = time.monotonic()
+                due, wait = self._due(now)
                 if due:
                     return due
-                self._cond.wait(wait)
+                self._cond.wait(self._sleep_for(now, wait))
             return None
 
     def _next_single(self, idle: Optional[float]) -> Tuple[bool, Optional[Lease]]:

@@ -136,14 +136,11 @@ class AsyncHeartbeater(Renewals):
         lease.id = next(self._ids)
         lease.on_lost = self._on_lost  # type: ignore[assignment]
         self._leases[lease.id] = lease
-        due = time.monotonic() + lease.interval
-        wakes_earlier = not self._heap or due < self._heap[0][0]
-        heapq.heappush(self._heap, (due, lease.id))
+        wake = self._schedule(lease)
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sentinel-heartbeat")
-        elif wakes_earlier and self._wake is not None:
-            # Wake the task only when this lease is due before its next wake-up.
+        elif wake and self._wake is not None:
             self._wake.set()
 
     def unregister(self, lease: Lease) -> None:
@@ -184,14 +181,15 @@ class AsyncHeartbeater(Renewals):
     async def _next_due(self) -> List[Lease]:
         """Wait until leases are due."""
         while True:
-            due, wait = self._due(time.monotonic())
+            now = time.monotonic()
+            due, wait = self._due(now)
             if due:
                 return due
             wake = self._wake
             assert wake is not None
             wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), wait)
+                await asyncio.wait_for(wake.wait(), self._sleep_for(now, wait))
 
     async def _next_single(self, idle: Optional[float]) -> Optional[Lease]:
         """The next lease of the single lane; None after ``idle`` seconds without one."""
