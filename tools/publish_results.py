@@ -80,12 +80,16 @@ def render_targets(run: Dict[str, Any]) -> str:
             continue
         s = row.get("summary") or {}
         ratio = row.get("ratio")
-        measured = _us(s.get("median_us")) if s.get("median_us") else (row.get("value") or "")
-        if s.get("ops_per_s") and "ops" in (row.get("ratio_kind") or ""):
+        kind = row.get("ratio_kind") or ""
+        measured = _us(s.get("median_us")) if s.get("median_us") else (row.get("value") or "").split(" (")[0]
+        if kind.startswith("p99"):
+            measured = _us(s.get("p99_us")) + " (p99)"
+        elif s.get("ops_per_s") and "ops" in kind:
             measured = f"{_ops(s.get('ops_per_s'))} ops/s"
+        shown = "" if ratio is None else (f"{ratio:.3f}" if ratio < 0.1 else f"{ratio:.2f}")
         lines.append("| " + " | ".join([
             f"{row['scenario']}: {row['measure']}".replace("|", "\\|"), measured.replace("|", "\\|"),
-            (row.get("floor") or "").replace("|", "\\|"), f"{ratio:.2f}" if ratio is not None else "",
+            (row.get("floor") or "").replace("|", "\\|"), shown,
             row["target"], row.get("result") or "",
         ]) + " |")
     met = sum(1 for row in run["rows"] if row.get("target") and row.get("result") == "pass")
