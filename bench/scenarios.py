@@ -1515,16 +1515,20 @@ def s12_purge(ctx: Ctx) -> List[Row]:
     def purge() -> None:
         t0 = time.monotonic()
         with _connect(ctx.dsn) as c:
-            w0 = c.execute("select wal_bytes, wal_fpi from pg_stat_wal").fetchone()
+            w0 = c.execute("select pg_current_wal_lsn(), wal_fpi from pg_stat_wal").fetchone()
             while True:
                 row = c.execute("select sentinel.purge_expired_v1(%s, %s)", (ns_old, p.s12_batch)).fetchone()
                 n = int(row[0]) if row else 0
                 purged[0] += n
                 if n == 0:
                     break
-            w1 = c.execute("select wal_bytes, wal_fpi from pg_stat_wal").fetchone()
+            # WAL bytes from the LSN (exact); full-page images from the counters, which this session (the
+            # purge's) flushes at the end of the next statement when forced.
+            c.execute("select pg_stat_force_next_flush()")
+            w1 = c.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s), wal_fpi from pg_stat_wal",
+                           (w0[0] if w0 else None,)).fetchone()
             if w0 is not None and w1 is not None:  # the whole server's WAL meanwhile, once() included
-                wal.update(bytes=float(w1[0] - w0[0]), fpi=float(w1[1] - w0[1]))
+                wal.update(bytes=float(w1[0]), fpi=float(w1[1] - w0[1]))
         purge_s[0] = time.monotonic() - t0
         done.set()
 
