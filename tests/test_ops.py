@@ -86,13 +86,13 @@ def test_every_transition_is_logged_exactly_once_under_contention(dsn: str, name
 
 def test_heartbeats_and_replays_write_no_events(client: sentinel.Sentinel) -> None:
     def slow(ctx: sentinel.ExecutionContext) -> int:
-        waited = 0
-        while ctx.lease_expires_at is None or waited < 3:  # at least three renewals
-            ctx.wait_lost(0.12)
-            waited += 1
+        # Renewed every 400 ms (ttl 1200 ms): at least three renewals in 1.5 s, with a generous margin for
+        # a late one; a lost lease fails the test at once instead of waiting here.
+        assert not ctx.wait_lost(1.5), "the lease was lost"
+        assert ctx.lease_expires_at is not None, "no renewal in 1.5 s"
         return 1
 
-    client.once("quiet", slow, ttl_ms=300, hard_ttl_ms=10000, pass_context=True)
+    client.once("quiet", slow, ttl_ms=1200, hard_ttl_ms=10000, pass_context=True)
     for _ in range(5):
         assert client.once("quiet", slow).replayed
     assert [(e["from_state"], e["to_state"]) for e in client.events("quiet")] == [
