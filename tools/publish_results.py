@@ -73,8 +73,8 @@ def render(run: Dict[str, Any]) -> str:
 
 
 def render_targets(run: Dict[str, Any]) -> str:
-    """The README's table: every figure of the run that has a target, its ratio to its floor, and pass or miss."""
-    lines = ["| figure | measured | against | ratio | target | |", "| --- | ---: | --- | ---: | --- | --- |"]
+    """The README's table: every figure of the run that has a goal, its ratio to its floor, and whether it is met."""
+    lines = ["| figure | measured | against | ratio | goal | met |", "| --- | ---: | --- | ---: | --- | --- |"]
     for row in run["rows"]:
         if not row.get("target"):
             continue
@@ -90,12 +90,12 @@ def render_targets(run: Dict[str, Any]) -> str:
         lines.append("| " + " | ".join([
             f"{row['scenario']}: {row['measure']}".replace("|", "\\|"), measured.replace("|", "\\|"),
             (row.get("floor") or "").replace("|", "\\|"), shown,
-            row["target"], row.get("result") or "",
+            row["target"], {"pass": "yes", "miss": "not yet"}.get(row.get("result") or "", ""),
         ]) + " |")
     met = sum(1 for row in run["rows"] if row.get("target") and row.get("result") == "pass")
     total = sum(1 for row in run["rows"] if row.get("target"))
     return (f"`make bench` of {run['started_at'][:10]} ({run['wall_s']:.0f} s, {run['machine']['cpus']} cores, "
-            f"PostgreSQL {run['server']['settings']['server_version']}): {met} of {total} targets met.\n\n"
+            f"PostgreSQL {run['server']['settings']['server_version']}): {met} of {total} goals met.\n\n"
             + "\n".join(lines) + "\n")
 
 
